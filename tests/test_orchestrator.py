@@ -1,0 +1,371 @@
+"""The orchestrator: planning, slots, progress parsing, and real trainer subprocesses on the CPU.
+
+The end-to-end tests (``slow``) run ``md2bench train`` as real subprocesses on the tiny synthetic world with a
+SQLite MLflow store in ``tmp_path`` (the working directory): the smoke grid finishes and nests under one parent,
+a second invocation trains nothing, a run stopped by Ctrl-C resumes from its checkpoint (not from scratch), a
+failing row fails alone beside blocked and busy ones, and the Slurm backend runs through submitit's local
+executor.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import json
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from md2bench.grid import Grid, load_grid
+from md2bench.orchestrator import (
+    BLOCKED,
+    BUSY,
+    FAILED,
+    FINISHED,
+    SKIPPED,
+    Display,
+    GridResult,
+    OrchestratorError,
+    RunOutcome,
+    auto_runs_per_gpu,
+    detect_slots,
+    estimate_run_memory_gb,
+    plan,
+    read_progress,
+    run_grid,
+    train_command,
+)
+from md2bench.tracking import MLflowTracker
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _grid_file(tmp_path: Path, body: str, name: str = "g") -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(f'name = "{name}"\nbase = "tiny"\nseeds = [0]\n' + textwrap.dedent(body))
+    return path
+
+
+def _uri(path: Path) -> str:
+    return f"sqlite:///{path / 'mlruns.db'}"
+
+
+# ============================================================================================ unit tests
+def test_read_progress_parses_the_trainer_log(tmp_path: Path) -> None:
+    assert read_progress(tmp_path) is None  # no log yet
+    (tmp_path / "train.log").write_text(
+        "2026-01-01 10:00:00,000 INFO run abc (x) on cpu; MLflow run 1; 9 steps/epoch, 6 steps planned\n"
+        "2026-01-01 10:00:01,000 INFO step 1 epoch 0 loss 0.1 lr 0.0001 2.0 img/s\n"
+        "2026-01-01 10:00:02,000 INFO step 2 epoch 0 loss 0.1 lr 0.0001 2.0 img/s\n"
+    )
+    assert read_progress(tmp_path) == (2, 6)
+    with (tmp_path / "train.log").open("a") as fh:  # a resumed attempt: the resume line, then a new plan line
+        fh.write("2026-01-01 11:00:00,000 INFO resuming ck.pt at epoch 0, batch 2, step 2\n"
+                 "2026-01-01 11:00:01,000 INFO run abc (x) on cpu; MLflow run 1; 9 steps/epoch, 6 steps planned\n")
+    assert read_progress(tmp_path) == (2, 6)
+    (tmp_path / "train.log").write_text("training step 7/40 loss 0.2\n")  # the "step N/T" form
+    assert read_progress(tmp_path) == (7, 40)
+
+
+def test_plan_skips_done_and_finished_runs_and_resumes_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    grid = load_grid(_grid_file(tmp_path, """
+        [[rows]]
+        name = "a"
+        [[rows]]
+        name = "b"
+        set = { "train.lr" = 2e-4 }
+        [[rows]]
+        name = "c"
+        set = { "train.lr" = 3e-4 }
+        [[rows]]
+        name = "d"
+        set = { "train.lr" = 4e-4 }
+    """))
+    a, b, c, d = grid.expand()
+    a.run_dir.mkdir(parents=True)
+    (a.run_dir / "DONE").write_text("{}")
+    b.run_dir.mkdir(parents=True)
+    (b.run_dir / "checkpoint.pt").write_bytes(b"")
+    tracker = MLflowTracker(_uri(tmp_path))
+    run = tracker.start_run("g", run_name="c/seed0", tags={"md2bench.run_key": c.run_key})
+    run.end("FINISHED")
+    items = plan([a, b, c, d], tracker, "g")
+    assert [i.action for i in items] == ["skip", "resume", "skip", "train"]
+    assert "DONE" in items[0].reason and run.run_id in items[2].reason
+    assert [i.action for i in plan([a, b, c, d])] == ["skip", "resume", "train", "train"]  # folders only
+
+
+def test_cpu_slots_and_bad_gpu_requests() -> None:
+    slots = detect_slots("none", cpu_jobs=2)
+    assert [(s.label, s.gpu, s.device) for s in slots] == [("cpu", None, "cpu"), ("cpu", None, "cpu")]
+    with pytest.raises(OrchestratorError, match="--cpu-jobs"):
+        detect_slots("none", cpu_jobs=0)
+    with pytest.raises(OrchestratorError, match="use 'all', 'none'"):
+        detect_slots("first")
+    with pytest.raises(OrchestratorError, match="not present"):
+        detect_slots("99")
+
+
+def test_memory_estimate_and_runs_per_gpu() -> None:
+    spec = load_grid("synth-ablation").expand()[0]  # 320×96, batch 12, 3 frames, bf16
+    # activations 7.5 GB × (96·320·12·3)/(192·640·12·3) = 1.875 GB, × 0.6 for bf16 = 1.125; + 1.5 GB fixed
+    assert estimate_run_memory_gb(spec.config) == pytest.approx(2.625)
+    # 80 GB free: 0.85·80 // 2.625 = 25 by memory; 16 cores / (1 + 2 workers) = 5 by CPU -> 5
+    assert auto_runs_per_gpu([spec], ["0"], {"0": 80.0}, cpu_count=16) == 5
+    # 10 GB free: 8.5 // 2.625 = 3 by memory
+    assert auto_runs_per_gpu([spec], ["0"], {"0": 10.0}, cpu_count=64) == 3
+    # 2 GPUs share 16 cores: 16 // (3 · 2) = 2 per GPU
+    assert auto_runs_per_gpu([spec], ["0", "1"], {"0": 80.0, "1": 80.0}, cpu_count=16) == 2
+    assert auto_runs_per_gpu([spec], ["0"], {}, cpu_count=16) == 1  # free memory unknown
+
+
+def test_train_command_carries_tags_parent_and_resume(tmp_path: Path) -> None:
+    spec = load_grid("smoke").expand()[0]
+    cmd = train_command(tmp_path / "c.toml", spec, "sqlite:////x/mlruns.db", "smoke", "parent123")
+    assert cmd[:5] == [sys.executable, "-m", "md2bench", "train", str(tmp_path / "c.toml")]
+    joined = " ".join(cmd)
+    for part in ("--tracking-uri sqlite:////x/mlruns.db", "--experiment smoke", "--run-name baseline/seed0",
+                 f"--tag md2bench.run_key={spec.run_key}", "--tag md2bench.row=baseline",
+                 "--tag md2bench.grid=smoke", "--tag md2bench.seed=0", "--parent-run-id parent123"):
+        assert part in joined
+    assert cmd[-1] == "--resume"
+
+
+def test_display_redraws_in_place_on_a_tty_and_prints_lines_otherwise() -> None:
+    rows = [("a/seed0", "k1", "cpu", "running", "2/6", "10s")]
+    live = io.StringIO()
+    d = Display(live, live=True)
+    d.table(rows, "total: 1 running")
+    d.table(rows, "total: 1 running")
+    assert live.getvalue().count("\x1b[3F") == 1  # the second draw moves up over header + row + summary
+    plain = io.StringIO()
+    d = Display(plain, live=False, heartbeat_s=3600)
+    d.event("start a/seed0")
+    d.table(rows, "total: 1 running")  # no heartbeat yet
+    d.table(rows, "total: 1 running", force_beat=True)
+    text = plain.getvalue()
+    assert "\x1b[" not in text and text.count("a/seed0") == 2 and "2/6" in text
+
+
+def test_exit_codes_of_a_grid_result() -> None:
+    spec = load_grid("smoke").expand()[0]
+    res = lambda *states: GridResult("g", None, [RunOutcome(spec, s) for s in states])  # noqa: E731
+    assert res(FINISHED, SKIPPED, BUSY).exit_code == 0
+    assert res(FINISHED, BLOCKED).exit_code == 3
+    assert res(BLOCKED, FAILED).exit_code == 1
+    r = res(FINISHED)
+    r.interrupted = True
+    assert r.exit_code == 130
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    grid = load_grid("smoke")
+    done = grid.expand()[0]
+    done.run_dir.mkdir(parents=True)
+    (done.run_dir / "DONE").write_text("{}")
+    out = io.StringIO()
+    result = run_grid(grid, gpus="none", dry_run=True, stream=out, tracking_uri=_uri(tmp_path))
+    text = out.getvalue()
+    for spec in grid.expand():
+        assert spec.run_key in text
+    assert "skip" in text and "1 to train, 0 to resume, 1 to skip" in text and "rough" in text
+    assert [o.state for o in result.outcomes] == [SKIPPED, "queued"]
+    assert not (tmp_path / "mlruns.db").exists()  # a dry run creates no store
+
+
+def test_slurm_job_pickles_without_its_process() -> None:
+    submitit = pytest.importorskip("submitit")
+    from md2bench.slurm import TrainJob
+
+    job = TrainJob()
+    job._proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    job._proc.wait()
+    clone = pickle.loads(pickle.dumps(job))
+    assert clone._proc is None
+    delayed = job.checkpoint(["cmd"], {}, ".", "log", 1)  # requeue with the same arguments
+    assert isinstance(delayed, submitit.helpers.DelayedSubmission) and delayed.args == (["cmd"], {}, ".", "log", 1)
+
+
+# ============================================================================================ end to end
+def _child_runs(tracker: MLflowTracker, experiment: str) -> list:
+    return [r for r in tracker.find_runs(experiment) if r.data.tags.get("md2bench.kind") != "grid"]
+
+
+def _parents(tracker: MLflowTracker, experiment: str) -> list:
+    return tracker.find_runs(experiment, tags={"md2bench.kind": "grid"})
+
+
+@pytest.fixture(scope="module")
+def smoke_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The smoke grid run once through the CLI in a fresh working directory."""
+    from typer.testing import CliRunner
+
+    from md2bench.cli import app
+
+    work = tmp_path_factory.mktemp("smoke")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        result = CliRunner().invoke(app, ["run-ablation", "smoke", "--gpus", "none", "--tracking-uri", _uri(work)])
+        (work / "first.out").write_text(result.output)
+        assert result.exit_code == 0, result.output
+        yield work
+
+
+@pytest.mark.slow
+def test_smoke_grid_finishes_nested_under_one_parent(smoke_dir: Path) -> None:
+    grid = load_grid("smoke")
+    tracker = MLflowTracker(_uri(smoke_dir))
+    parents = _parents(tracker, "smoke")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags["md2bench.grid"] == "smoke"
+    runs = _child_runs(tracker, "smoke")
+    assert len(runs) == len(grid.expand()) == 2
+    by_key = {r.data.tags["md2bench.run_key"]: r for r in runs}
+    for spec in grid.expand():
+        run = by_key[spec.run_key]
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert (run.data.tags["md2bench.row"], run.data.tags["md2bench.grid"], run.data.tags["md2bench.seed"]) == (
+            spec.row, "smoke", "0")
+        assert "test/abs_rel" in run.data.metrics
+        done = json.loads((smoke_dir / spec.run_dir / "DONE").read_text())
+        assert done["run_id"] == run.info.run_id and done["steps"] == spec.config.train.max_steps
+
+
+@pytest.mark.slow
+def test_second_invocation_trains_nothing(smoke_dir: Path) -> None:
+    from typer.testing import CliRunner
+
+    from md2bench.cli import app
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(smoke_dir)
+        result = CliRunner().invoke(app, ["run-ablation", "smoke", "--gpus", "none", "--tracking-uri", _uri(smoke_dir)])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("skip ") == 2 and "start" not in result.output
+    tracker = MLflowTracker(_uri(smoke_dir))
+    assert len(_child_runs(tracker, "smoke")) == 2  # no new training run
+    assert len(_parents(tracker, "smoke")) == 2  # one parent per invocation
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_run_and_the_next_invocation_resumes_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = _grid_file(tmp_path, """
+        [[rows]]
+        name = "long"
+        set = { "train.max_steps" = 4 }
+    """, name="resume")
+    spec = load_grid(path).expand()[0]
+    log = spec.run_dir / "train.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    orch = subprocess.Popen(
+        [sys.executable, "-m", "md2bench", "run-ablation", str(path), "--gpus", "none", "--tracking-uri",
+         _uri(tmp_path)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (log.is_file() and re.search(r"INFO step [1-9]", log.read_text())):
+            assert orch.poll() is None and time.monotonic() < deadline, "the trainer never logged a step"
+            time.sleep(0.05)
+        orch.send_signal(signal.SIGINT)  # Ctrl-C: the orchestrator SIGTERMs its child, which checkpoints
+        output, _ = orch.communicate(timeout=300)
+    finally:
+        if orch.poll() is None:
+            orch.kill()
+    if (spec.run_dir / "DONE").exists():
+        pytest.skip("the run finished before the signal arrived (machine too fast for 4 steps)")
+    assert orch.returncode == 130, output
+    assert "killed" in output and (spec.run_dir / "checkpoint.pt").is_file()
+    tracker = MLflowTracker(_uri(tmp_path))
+    (first,) = _child_runs(tracker, "resume")
+    assert first.info.status == "KILLED"
+    assert _parents(tracker, "resume")[0].info.status == "KILLED"
+    stopped_at = max(s for s, _ in tracker.metric_history(first.info.run_id, "train/loss"))
+
+    result = run_grid(load_grid(path), gpus="none", tracking_uri=_uri(tmp_path), stream=io.StringIO())
+    (outcome,) = result.outcomes
+    assert outcome.state == FINISHED and outcome.resumed and outcome.attempts == 1
+    resumed = re.findall(r"resuming .* step (\d+)", log.read_text())
+    assert resumed and int(resumed[-1]) >= 1  # continued from the checkpoint, not from step 0
+    assert json.loads((spec.run_dir / "DONE").read_text())["steps"] == 4
+    (run,) = _child_runs(tracker, "resume")  # the same MLflow run, continued
+    assert run.info.run_id == first.info.run_id and run.info.status == "FINISHED"
+    steps = [s for s, _ in tracker.metric_history(run.info.run_id, "train/loss")]
+    # log_every = 1: steps 1..4 each logged once (a restart would log 1.. again)
+    assert steps == list(range(1, 5)) and 1 <= stopped_at < 4
+
+
+@pytest.mark.slow
+def test_a_failing_row_fails_alone_beside_blocked_and_busy_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = _grid_file(tmp_path, f"""
+        [set]
+        "train.max_steps" = 1
+        [[rows]]
+        name = "ok"
+        [[rows]]
+        name = "broken"
+        set = {{ "data.dataset" = "kitti", "data.split" = "eigen_zhou", "data.test_split" = "eigen", "data.path" = "{tmp_path / 'no_kitti'}" }}
+        [[rows]]
+        name = "needs_imagenet"
+        set = {{ "model.pretrained" = "imagenet", "model.weights_path" = "{tmp_path / 'missing' / 'resnet18.pth'}" }}
+        [[rows]]
+        name = "elsewhere"
+        set = {{ "train.lr" = 2e-4 }}
+    """, name="mixed")
+    grid = load_grid(path)
+    busy = next(s for s in grid.expand() if s.row == "elsewhere")
+    busy.run_dir.mkdir(parents=True)
+    with (busy.run_dir / ".lock").open("a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # "another process" trains this run
+        out = io.StringIO()
+        result = run_grid(grid, gpus="none", retries=1, tracking_uri=_uri(tmp_path), stream=out)
+    states = {o.spec.row: o for o in result.outcomes}
+    assert states["ok"].state == FINISHED
+    assert states["broken"].state == FAILED and states["broken"].attempts == 2  # 1 + --retries 1
+    assert states["needs_imagenet"].state == BLOCKED and states["needs_imagenet"].attempts == 1
+    assert "ImageNet weights" in states["needs_imagenet"].message  # the trainer's message, where to put the file
+    assert states["elsewhere"].state == BUSY and states["elsewhere"].attempts == 1
+    assert result.exit_code == 1
+    tracker = MLflowTracker(_uri(tmp_path))
+    (parent,) = _parents(tracker, "mixed")
+    assert parent.info.status == "FAILED"
+    ok = [r for r in _child_runs(tracker, "mixed") if r.data.tags.get("md2bench.row") == "ok"]
+    assert len(ok) == 1 and ok[0].info.status == "FINISHED"
+    assert ok[0].data.tags["mlflow.parentRunId"] == parent.info.run_id
+
+
+@pytest.mark.slow
+def test_slurm_backend_through_submitits_local_executor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("submitit")
+    from md2bench.slurm import run_grid_slurm
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    grid: Grid = load_grid("smoke")
+    out = io.StringIO()
+    result = run_grid_slurm(
+        grid, rows=["baseline"], tracking_uri=_uri(tmp_path), folder=tmp_path / "slurm", gpus_per_run=0,
+        cluster="local", wait=True, stream=out, poll_s=0.5,
+    )
+    (outcome,) = result.outcomes
+    assert outcome.state == FINISHED, out.getvalue() + outcome.message
+    tracker = MLflowTracker(_uri(tmp_path))
+    (run,) = _child_runs(tracker, "smoke")
+    assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == result.parent_run_id
+    # Submitting again finds the run finished and submits nothing.
+    again = run_grid_slurm(grid, rows=["baseline"], tracking_uri=_uri(tmp_path), folder=tmp_path / "slurm",
+                           gpus_per_run=0, cluster="local", wait=True, stream=io.StringIO())
+    assert [o.state for o in again.outcomes] == [SKIPPED]
