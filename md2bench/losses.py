@@ -1,0 +1,190 @@
+"""Pure loss functions of Monodepth2 (REFERENCE.md §2.5–2.8).
+
+No function here reads a config or keeps state: every switch is an argument. Shapes are in the docstrings;
+leading dimensions are free where said (e.g. B×N×3×H×W for N warped sources at once).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "SSIM_C1",
+    "SSIM_C2",
+    "ssim_error",
+    "photometric_error",
+    "reprojection_loss",
+    "mask_regularisation",
+    "smoothness_loss",
+]
+
+# SSIM stabilisers (Wang et al. 2004 with dynamic range 1), as in the reference.
+SSIM_C1 = 0.01**2
+SSIM_C2 = 0.03**2
+# The reference normalises the disparity by its mean + this before the smoothness term.
+SMOOTHNESS_EPS = 1e-7
+
+
+def _pool3x3(t: torch.Tensor) -> torch.Tensor:
+    """3×3 mean over a reflection-padded (by 1) neighbourhood, stride 1: (..., H, W) -> (..., H, W)."""
+    height, width = t.shape[-2:]
+    flat = t.reshape(-1, 1, height, width)
+    pooled = F.avg_pool2d(F.pad(flat, (1, 1, 1, 1), mode="reflect"), kernel_size=3, stride=1)
+    return pooled.reshape(t.shape)
+
+
+def ssim_error(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-pixel, per-channel SSIM dissimilarity ``clamp((1 − SSIM)/2, 0, 1)`` (REFERENCE.md §2.5).
+
+    Local statistics use a 3×3 uniform average pool with stride 1 on 1-pixel reflection-padded images:
+    ``SSIM = (2μxμy + C1)(2σxy + C2) / ((μx² + μy² + C1)(σx² + σy² + C2))``, C1 = 0.01², C2 = 0.03².
+
+    Args:
+        x: (..., C, H, W) images in [0, 1] (H, W >= 2 for the reflection pad).
+        y: broadcastable to ``x`` (e.g. a B×1×3×H×W target against B×N×3×H×W warped sources); statistics of
+            ``y`` alone are computed at ``y``'s own shape, so broadcasting costs nothing extra.
+
+    Returns:
+        the broadcast shape of ``x`` and ``y``.
+    """
+    if x.dim() < 2 or y.dim() < 2 or x.shape[-2:] != y.shape[-2:]:
+        raise ValueError(f"ssim_error needs images with equal H×W, got {tuple(x.shape)} and {tuple(y.shape)}")
+    mu_x, mu_y = _pool3x3(x), _pool3x3(y)
+    sigma_x = _pool3x3(x * x) - mu_x * mu_x
+    sigma_y = _pool3x3(y * y) - mu_y * mu_y
+    sigma_xy = _pool3x3(x * y) - mu_x * mu_y
+    numerator = (2 * mu_x * mu_y + SSIM_C1) * (2 * sigma_xy + SSIM_C2)
+    denominator = (mu_x * mu_x + mu_y * mu_y + SSIM_C1) * (sigma_x + sigma_y + SSIM_C2)
+    return torch.clamp((1 - numerator / denominator) / 2, 0, 1)
+
+
+def photometric_error(pred: torch.Tensor, target: torch.Tensor, ssim: bool, alpha: float = 0.85) -> torch.Tensor:
+    """Per-pixel photometric error ``pe`` (REFERENCE.md §2.5), averaged over the colour channels.
+
+    ``pe = α·ssim_error + (1 − α)·L1`` with ``ssim=True``, else ``pe = L1`` (L1: channel mean of |a − b|).
+
+    Args:
+        pred: (..., 3, H, W), e.g. B×N×3×H×W warped sources.
+        target: broadcastable to ``pred``, e.g. B×1×3×H×W.
+        ssim: include the SSIM term.
+        alpha: weight of the SSIM term.
+
+    Returns:
+        (..., H, W): the broadcast leading dims, channel dim removed (e.g. B×N×H×W).
+    """
+    if pred.dim() < 3 or target.dim() < 3:
+        raise ValueError(
+            f"photometric_error needs (..., C, H, W) images, got {tuple(pred.shape)}, {tuple(target.shape)}"
+        )
+    l1 = (pred - target).abs().mean(dim=-3)
+    if not ssim:
+        return l1
+    return alpha * ssim_error(pred, target).mean(dim=-3) + (1 - alpha) * l1
+
+
+def reprojection_loss(
+    reprojection_errors: torch.Tensor,
+    identity_errors: torch.Tensor | None,
+    reduce: Literal["min", "avg"],
+    noise_std: float = 1e-5,
+    generator: torch.Generator | None = None,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One scale's photometric term: min/avg over sources, implicit auto-masking (REFERENCE.md §2.6).
+
+    Steps, exactly as the reference: (1) a predictive mask multiplies the reprojection errors; (2) ``avg``
+    averages the reprojection errors over sources to one channel, and the identity errors too; ``min`` keeps
+    all N channels of both; (3) fresh Gaussian noise of std ``noise_std`` is added to the identity errors
+    (tie-break); (4) channels are concatenated as ``[identity, reprojection]`` and the per-pixel minimum is
+    taken (a single channel is used as is); (5) the loss is the mean over **all** B·H·W pixels. Pixels where
+    an identity channel wins keep that (network-independent) error in the mean: the auto-mask is implicit.
+
+    Args:
+        reprojection_errors: B×N×H×W photometric errors of the warped sources against the target.
+        identity_errors: B×N×H×W errors of the unwarped sources against the target, or None (no auto-mask).
+        reduce: ``"min"`` (per-pixel minimum over sources) or ``"avg"`` (mean over sources).
+        noise_std: std of the tie-break noise added to the identity errors (0: none is drawn).
+        generator: random generator for the noise; None uses the default generator of the errors' device.
+        mask: B×N×H×W predictive (explainability) mask in (0, 1) multiplying the reprojection errors, or None.
+
+    Returns:
+        ``(loss, diagnostics)``: scalar loss; diagnostics (detached) hold ``per_pixel`` (B×H×W chosen value),
+        ``chosen`` (B×H×W int64 index into the concatenated ``[identity, reprojection]`` channels) and, when
+        identity errors are given, ``automask`` (B×H×W float, µ = 1 where a warped term won, 0 where an
+        identity term won).
+    """
+    if reduce not in ("min", "avg"):
+        raise ValueError(f"reduce must be 'min' or 'avg', got {reduce!r}")
+    if reprojection_errors.dim() != 4:
+        raise ValueError(f"reprojection_errors must be B×N×H×W, got {tuple(reprojection_errors.shape)}")
+    for name, other in (("identity_errors", identity_errors), ("mask", mask)):
+        if other is not None and other.shape != reprojection_errors.shape:
+            raise ValueError(
+                f"{name} must have the shape of reprojection_errors {tuple(reprojection_errors.shape)}, "
+                f"got {tuple(other.shape)}"
+            )
+    errors = reprojection_errors if mask is None else reprojection_errors * mask
+    if reduce == "avg":
+        errors = errors.mean(dim=1, keepdim=True)
+    num_identity = 0
+    if identity_errors is not None:
+        identity = identity_errors.mean(dim=1, keepdim=True) if reduce == "avg" else identity_errors
+        if noise_std > 0:
+            noise = torch.randn(
+                identity.shape, generator=generator, device=identity.device, dtype=identity.dtype
+            )
+            identity = identity + noise * noise_std
+        num_identity = identity.shape[1]
+        errors = torch.cat([identity, errors], dim=1)
+    if errors.shape[1] == 1:
+        per_pixel = errors[:, 0]
+        chosen = torch.full_like(per_pixel, num_identity, dtype=torch.int64)
+    else:
+        per_pixel, chosen = torch.min(errors, dim=1)
+    diagnostics = {"per_pixel": per_pixel.detach(), "chosen": chosen}
+    if identity_errors is not None:
+        diagnostics["automask"] = (chosen >= num_identity).to(per_pixel.dtype)
+    return per_pixel.mean(), diagnostics
+
+
+def mask_regularisation(mask: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of a predictive mask against all-ones: ``mean(−max(log m, −100))``.
+
+    This is ``F.binary_cross_entropy(mask, ones)`` (PyTorch clamps the log at −100), written out so that it is
+    also allowed under autocast.
+
+    Args:
+        mask: any shape, values in [0, 1].
+
+    Returns:
+        scalar.
+    """
+    return -torch.clamp(torch.log(mask), min=-100.0).mean()
+
+
+def smoothness_loss(disp: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Edge-aware smoothness of the mean-normalised disparity (REFERENCE.md §2.7).
+
+    ``d* = d / (mean_{H,W} d + 1e-7)`` per image; ``∂x = |d*(x) − d*(x+1)| · exp(−mean_c |I(x) − I(x+1)|)``
+    and likewise for y; loss = mean(∂x) + mean(∂y), each over its own shape.
+
+    Args:
+        disp: B×1×H×W disparity (the reference feeds the raw sigmoid at its native scale).
+        image: B×C×H×W guide image at the same resolution (the raw target).
+
+    Returns:
+        scalar.
+    """
+    if disp.dim() != 4 or disp.shape[1] != 1:
+        raise ValueError(f"disp must be B×1×H×W, got {tuple(disp.shape)}")
+    if image.dim() != 4 or image.shape[0] != disp.shape[0] or image.shape[-2:] != disp.shape[-2:]:
+        raise ValueError(f"image must be B×C×H×W matching disp {tuple(disp.shape)}, got {tuple(image.shape)}")
+    norm = disp / (disp.mean(dim=(2, 3), keepdim=True) + SMOOTHNESS_EPS)
+    grad_disp_x = (norm[..., :, :-1] - norm[..., :, 1:]).abs()
+    grad_disp_y = (norm[..., :-1, :] - norm[..., 1:, :]).abs()
+    grad_img_x = (image[..., :, :-1] - image[..., :, 1:]).abs().mean(dim=1, keepdim=True)
+    grad_img_y = (image[..., :-1, :] - image[..., 1:, :]).abs().mean(dim=1, keepdim=True)
+    return (grad_disp_x * torch.exp(-grad_img_x)).mean() + (grad_disp_y * torch.exp(-grad_img_y)).mean()

@@ -1,0 +1,197 @@
+"""Pure losses: SSIM, photometric error, min/avg reprojection with auto-masking, mask BCE, smoothness."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from md2bench.losses import (
+    SSIM_C1,
+    SSIM_C2,
+    mask_regularisation,
+    photometric_error,
+    reprojection_loss,
+    smoothness_loss,
+    ssim_error,
+)
+
+
+def test_ssim_error_is_zero_for_identical_images() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 5, 6)
+    # SSIM(x, x) = (2μ² + C1)(2σ² + C2)/((2μ² + C1)(2σ² + C2)) = 1 -> (1 − 1)/2 = 0
+    torch.testing.assert_close(ssim_error(x, x), torch.zeros_like(x), atol=1e-6, rtol=0)
+
+
+def test_ssim_error_of_two_constant_images() -> None:
+    # Constant images a = 0.5 and b = 0.3 (reflection padding keeps them constant): μx = a, μy = b, all
+    # variances 0, so SSIM = (2ab + C1)·C2 / ((a² + b² + C1)·C2) = (0.3 + 1e-4)/(0.34 + 1e-4) = 0.3001/0.3401
+    # and the error is (1 − SSIM)/2 = 0.04/(2·0.3401) = 0.058806233...
+    x = torch.full((1, 3, 4, 4), 0.5, dtype=torch.float64)
+    y = torch.full((1, 3, 4, 4), 0.3, dtype=torch.float64)
+    expected = 0.04 / (2 * 0.3401)
+    torch.testing.assert_close(ssim_error(x, y), torch.full_like(x, expected))
+
+
+def test_ssim_error_of_a_checkerboard_and_its_inverse_at_the_centre_pixel() -> None:
+    # 3×3 checkerboard x (ones at the four edge-centres) and y = 1 − x. At the centre pixel the 3×3 window
+    # is the whole image: μx = 4/9, μy = 5/9, σx² = E[x²] − μx² = 4/9 − 16/81 = 20/81,
+    # σy² = 5/9 − 25/81 = 20/81, σxy = E[xy] − μxμy = 0 − 20/81.
+    x = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]], dtype=torch.float64).expand(1, 1, 3, 3)
+    y = 1 - x
+    mu_x, mu_y, var, cov = 4 / 9, 5 / 9, 20 / 81, -20 / 81
+    ssim = ((2 * mu_x * mu_y + SSIM_C1) * (2 * cov + SSIM_C2)) / (
+        (mu_x**2 + mu_y**2 + SSIM_C1) * (var + var + SSIM_C2)
+    )  # ≈ −0.97207: anticorrelated
+    expected = min(max((1 - ssim) / 2, 0.0), 1.0)  # ≈ 0.98604
+    assert ssim_error(x, y)[0, 0, 1, 1].item() == pytest.approx(expected, rel=1e-12)
+    assert expected == pytest.approx(0.98604, abs=1e-5)
+
+
+def test_ssim_error_broadcasts_a_target_against_several_sources() -> None:
+    torch.manual_seed(1)
+    pred = torch.rand(2, 3, 3, 5, 6)  # B×N×3×H×W
+    target = torch.rand(2, 1, 3, 5, 6)  # B×1×3×H×W
+    expected = torch.stack([ssim_error(pred[:, n], target[:, 0]) for n in range(3)], dim=1)
+    torch.testing.assert_close(ssim_error(pred, target), expected)
+
+
+def test_photometric_error_mixes_ssim_and_l1_and_drops_channels() -> None:
+    x = torch.full((2, 4, 3, 5, 6), 0.5)
+    y = torch.full((2, 1, 3, 5, 6), 0.3)
+    # L1 = |0.5 − 0.3| = 0.2 (mean over channels of equal values)
+    l1_only = photometric_error(x, y, ssim=False)
+    assert l1_only.shape == (2, 4, 5, 6)
+    torch.testing.assert_close(l1_only, torch.full((2, 4, 5, 6), 0.2))
+    # with SSIM: 0.85·0.0588062 (constant-image value above) + 0.15·0.2 = 0.0799853
+    expected = 0.85 * 0.04 / (2 * 0.3401) + 0.15 * 0.2
+    torch.testing.assert_close(photometric_error(x, y, ssim=True), torch.full((2, 4, 5, 6), expected))
+    # alpha is the SSIM weight: alpha = 1 -> SSIM error only
+    torch.testing.assert_close(
+        photometric_error(x, y, ssim=True, alpha=1.0), torch.full((2, 4, 5, 6), 0.04 / (2 * 0.3401))
+    )
+
+
+def _errors(*values_per_source: list[list[float]]) -> torch.Tensor:
+    """B=1×N×H×W from per-source H×W lists."""
+    return torch.tensor([values_per_source], dtype=torch.float64)
+
+
+def test_min_picks_the_smaller_error_where_a_source_is_occluded_but_avg_does_not() -> None:
+    # Source 0 sees everything (error 0.1); source 1 is occluded at pixel (0, 0) (error 0.9 there).
+    reprojection = _errors([[0.1, 0.1], [0.1, 0.1]], [[0.9, 0.1], [0.1, 0.1]])
+    loss_min, diag = reprojection_loss(reprojection, None, "min", noise_std=0.0)
+    # min: 0.1 at every pixel -> mean 0.1; the occluded pixel chose source 0
+    assert loss_min.item() == pytest.approx(0.1)
+    assert diag["chosen"][0, 0, 0].item() == 0
+    assert "automask" not in diag
+    loss_avg, diag = reprojection_loss(reprojection, None, "avg", noise_std=0.0)
+    # avg: (0.1 + 0.9)/2 = 0.5 at (0, 0), 0.1 elsewhere -> (0.5 + 3·0.1)/4 = 0.2
+    assert loss_avg.item() == pytest.approx(0.2)
+    torch.testing.assert_close(diag["per_pixel"], torch.tensor([[[0.5, 0.1], [0.1, 0.1]]], dtype=torch.float64))
+
+
+def test_automask_is_zero_exactly_where_the_identity_error_is_smaller() -> None:
+    # Warped errors 0.2 everywhere; identity (unwarped) errors 0.05 on the diagonal (a static pixel: the
+    # unwarped source already matches) and 0.5 off it, for both sources.
+    reprojection = _errors([[0.2, 0.2], [0.2, 0.2]], [[0.2, 0.2], [0.2, 0.2]])
+    identity = _errors([[0.05, 0.5], [0.5, 0.05]], [[0.05, 0.5], [0.5, 0.05]])
+    generator = torch.Generator().manual_seed(0)
+    loss, diag = reprojection_loss(reprojection, identity, "min", noise_std=1e-5, generator=generator)
+    # µ = 1 where a warped term won (off-diagonal), 0 where an identity term won (diagonal)
+    torch.testing.assert_close(diag["automask"], torch.tensor([[[0.0, 1.0], [1.0, 0.0]]], dtype=torch.float64))
+    # chosen indexes [identity_0, identity_1, warped_0, warped_1]: < 2 on the diagonal
+    assert (diag["chosen"][0].diagonal() < 2).all() and (diag["chosen"][0, 0, 1] >= 2)
+    # masked pixels keep their identity error in the mean over all 4 pixels: (0.05 + 0.2 + 0.2 + 0.05)/4 =
+    # 0.125, up to the tie-break noise of std 1e-5
+    assert loss.item() == pytest.approx(0.125, abs=1e-4)
+    # no noise: exactly 0.125
+    loss0, _ = reprojection_loss(reprojection, identity, "min", noise_std=0.0)
+    assert loss0.item() == pytest.approx(0.125, abs=1e-15)
+
+
+def test_avg_with_automask_compares_the_averages() -> None:
+    # identity errors 0.0 and 0.3 (mean 0.15) vs warped 0.1 and 0.1 (mean 0.1), one pixel
+    identity = _errors([[0.0]], [[0.3]])
+    reprojection = _errors([[0.1]], [[0.1]])
+    loss_avg, diag = reprojection_loss(reprojection, identity, "avg", noise_std=0.0)
+    # avg: min(mean identity 0.15, mean warped 0.1) = 0.1, a warped term wins (µ = 1)
+    assert loss_avg.item() == pytest.approx(0.1)
+    assert diag["automask"].item() == 1.0
+    # min: min over {0.0, 0.3, 0.1, 0.1} = 0.0, the identity of source 0 wins (µ = 0)
+    loss_min, diag = reprojection_loss(reprojection, identity, "min", noise_std=0.0)
+    assert loss_min.item() == 0.0 and diag["automask"].item() == 0.0
+
+
+def test_predictive_mask_multiplies_the_reprojection_errors() -> None:
+    reprojection = _errors([[0.4, 0.2]], [[0.6, 0.8]])
+    mask = torch.full_like(reprojection, 0.5)
+    # min of the halved errors: (0.2 + 0.1)/2 = 0.15
+    loss, _ = reprojection_loss(reprojection, None, "min", noise_std=0.0, mask=mask)
+    assert loss.item() == pytest.approx(0.15)
+
+
+def test_tie_break_noise_comes_from_the_given_generator() -> None:
+    reprojection = torch.full((1, 2, 3, 3), 0.2)
+    identity = torch.full((1, 2, 3, 3), 0.1)
+    a, _ = reprojection_loss(reprojection, identity, "min", 1e-5, torch.Generator().manual_seed(3))
+    b, _ = reprojection_loss(reprojection, identity, "min", 1e-5, torch.Generator().manual_seed(3))
+    c, _ = reprojection_loss(reprojection, identity, "min", 1e-5, torch.Generator().manual_seed(4))
+    assert a.item() == b.item()
+    assert a.item() != c.item()
+    # noise of std 1e-5 moves the mean of the minimum of two N(0.1, 1e-10) values by a few 1e-6
+    assert a.item() == pytest.approx(0.1, abs=1e-4)
+    # std 0 draws nothing
+    generator = torch.Generator().manual_seed(5)
+    state = generator.get_state()
+    reprojection_loss(reprojection, identity, "min", 0.0, generator)
+    assert torch.equal(generator.get_state(), state)
+
+
+def test_reprojection_loss_rejects_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match="identity_errors must have the shape"):
+        reprojection_loss(torch.zeros(1, 2, 3, 3), torch.zeros(1, 1, 3, 3), "min")
+    with pytest.raises(ValueError, match="reduce must be"):
+        reprojection_loss(torch.zeros(1, 2, 3, 3), None, "mean")  # type: ignore[arg-type]
+
+
+def test_mask_regularisation_is_bce_to_ones() -> None:
+    # −log 0.5 = ln 2; −log 1 = 0; log 0 = −inf is clamped to −100 -> 100
+    assert mask_regularisation(torch.full((2, 3), 0.5)).item() == pytest.approx(math.log(2))
+    assert mask_regularisation(torch.ones(4)).item() == pytest.approx(0.0)
+    assert mask_regularisation(torch.zeros(4)).item() == pytest.approx(100.0)
+    torch.manual_seed(2)
+    mask = torch.rand(2, 2, 4, 5)
+    torch.testing.assert_close(mask_regularisation(mask), F.binary_cross_entropy(mask, torch.ones_like(mask)))
+
+
+def test_smoothness_is_zero_for_constant_disparity() -> None:
+    torch.manual_seed(3)
+    assert smoothness_loss(torch.full((2, 1, 5, 6), 0.3), torch.rand(2, 3, 5, 6)).item() == 0.0
+
+
+def test_smoothness_hand_computed_step() -> None:
+    # disparity [[1, 3], [1, 3]]: mean 2, normalised [[0.5, 1.5], [0.5, 1.5]]: ∂x = 1 in both rows, ∂y = 0.
+    disp = torch.tensor([[[[1.0, 3.0], [1.0, 3.0]]]], dtype=torch.float64)
+    flat = torch.zeros(1, 3, 2, 2, dtype=torch.float64)
+    # flat image: weights exp(0) = 1 -> mean(∂x) + mean(∂y) = 1 + 0 (up to the 1e-7 in the normalisation)
+    assert smoothness_loss(disp, flat).item() == pytest.approx(1.0, rel=1e-6)
+    # an image edge of 0.5 between the columns (all channels): weight exp(−0.5) -> 0.60653
+    edge = torch.tensor([[0.0, 0.5], [0.0, 0.5]], dtype=torch.float64).expand(1, 3, 2, 2)
+    assert smoothness_loss(disp, edge).item() == pytest.approx(math.exp(-0.5), rel=1e-6)
+
+
+def test_smoothness_is_lower_when_image_edges_coincide_with_disparity_edges() -> None:
+    disp = torch.ones(1, 1, 6, 8)
+    disp[..., 4:] = 3.0  # disparity edge between columns 3 and 4
+    coinciding = torch.zeros(1, 3, 6, 8)
+    coinciding[..., 4:] = 1.0  # image edge at the same place: the jump is down-weighted by exp(−1)
+    elsewhere = torch.zeros(1, 3, 6, 8)
+    elsewhere[..., 2:] = 1.0  # image edge two columns away: the disparity jump has full weight
+    assert smoothness_loss(disp, coinciding).item() < smoothness_loss(disp, elsewhere).item()
+    # ratio: only the one jump column contributes, weighted exp(−1) vs 1
+    ratio = smoothness_loss(disp, coinciding).item() / smoothness_loss(disp, elsewhere).item()
+    assert ratio == pytest.approx(math.exp(-1), rel=1e-6)
