@@ -1,0 +1,235 @@
+"""Reports: table values against MLflow, missing rows, files, figures, artifacts, error messages.
+
+The store is real: a grid of three rows on a mini synthetic world, two rows trained for one step at two
+seeds each with ``trainer.fit`` (the third row is never run), plus one FAILED run that must not count.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from md2bench import report
+from md2bench.paper import METRICS
+
+GRID = """
+name = "report-test"
+description = "Two trained rows and one row never run."
+base = "tiny"
+seeds = [0, 1]
+paper_table = "Godard et al. 2019, Table 2"
+
+[set]
+"train.max_steps" = 1
+"data.path" = "{world}"
+"train.out_dir" = "{runs}"
+
+[[rows]]
+name = "baseline"
+label = "Baseline"
+flags = {{ automask = false, min_reprojection = false, full_res = false, pretrained = true }}
+set = {{ "loss.reprojection" = "avg", "loss.automask" = false, "loss.multiscale" = "per_scale" }}
+paper = {{ abs_rel = 0.140, sq_rel = 1.610, rmse = 5.512, rmse_log = 0.223, a1 = 0.852, a2 = 0.946, a3 = 0.973 }}
+
+[[rows]]
+name = "full"
+label = "Monodepth2 (full)"
+flags = {{ automask = true, min_reprojection = true, full_res = true, pretrained = true }}
+paper = {{ abs_rel = 0.115, sq_rel = 0.903, rmse = 4.863, rmse_log = 0.193, a1 = 0.877, a2 = 0.959, a3 = 0.981 }}
+
+[[rows]]
+name = "no_ssim"
+label = "Monodepth2 w/o SSIM"
+flags = {{ automask = true, min_reprojection = true, full_res = true, pretrained = true }}
+set = {{ "loss.ssim" = false }}
+"""
+
+
+# ============================================================================================ pure pieces
+def _runs(values: dict[tuple[str, int], float]) -> pd.DataFrame:
+    rows = []
+    for i, ((row, seed), v) in enumerate(values.items()):
+        rows.append({"run_id": f"r{i}", "row": row, "label": row, "seed": seed, "status": "FINISHED",
+                     "start_time": pd.Timestamp(1000 + i, unit="s", tz="UTC"),
+                     **{m: v for m in METRICS}})
+    return pd.DataFrame(rows).astype({"seed": "Int64"})
+
+
+def test_summary_by_hand() -> None:
+    runs = _runs({("a", 0): 0.1, ("a", 1): 0.3, ("b", 0): 0.2})
+    rows = [report.ReportRow("a", "A", {"automask": True}, {"abs_rel": 0.25}), report.ReportRow("b", "B"),
+            report.ReportRow("c", "C")]
+    table = report.summarize(report.select_runs(runs), rows).set_index("row")
+    # a: mean (0.1 + 0.3) / 2 = 0.2; sample std sqrt(((0.1-0.2)^2 + (0.3-0.2)^2) / (2-1)) = sqrt(0.02) = 0.14142.
+    assert table.loc["a", "abs_rel_mean"] == pytest.approx(0.2)
+    assert table.loc["a", "abs_rel_std"] == pytest.approx(math.sqrt(0.02))
+    assert table.loc["a", "abs_rel_diff"] == pytest.approx(0.2 - 0.25)
+    # b: one seed -> no std (NaN, shown without "±"); c: never run -> n = 0 and NaN, not zero.
+    assert table.loc["b", "n"] == 1 and math.isnan(table.loc["b", "abs_rel_std"])
+    assert table.loc["c", "n"] == 0 and math.isnan(table.loc["c", "abs_rel_mean"])
+    # abs_rel: lower is better -> a (0.2) and b (0.2) tie as best; a1: higher is better -> also both 0.2.
+    assert table["abs_rel_best"].tolist() == [True, True, False]
+    md = report.to_markdown(table.reset_index())
+    # One flag column (AM, the only flag used); C has no flag given (blank), n = 0 and "—" in all seven metrics.
+    assert "| C *(not run)* |  | 0 | — | — | — | — | — | — | — |" in md
+    assert "**0.200 ± 0.141**" in md and "**0.200**" in md  # b's single seed: mean only
+    assert "0.250 (-0.050)" in md  # the paper line: paper value (ours - paper)
+
+
+def test_newest_finished_run_per_row_and_seed_wins() -> None:
+    runs = _runs({("a", 0): 0.1, ("a", 1): 0.3})
+    newer = runs.iloc[[0]].assign(run_id="new", start_time=pd.Timestamp(5000, unit="s", tz="UTC"), abs_rel=0.5)
+    failed = runs.iloc[[0]].assign(run_id="bad", status="FAILED", start_time=pd.Timestamp(9000, unit="s", tz="UTC"))
+    picked = report.select_runs(pd.concat([runs, newer, failed], ignore_index=True))
+    assert sorted(picked["run_id"]) == ["new", "r1"]
+
+
+# ============================================================================================ a real store
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from md2bench.data.synthetic import render_world
+    from md2bench.grid import load_grid
+    from md2bench.tracking import MLflowTracker
+    from md2bench.trainer import fit
+
+    base = tmp_path_factory.mktemp("report")
+    world = Path(render_world(base / "mini", preset="tiny", sequences=3, frames=5, progress=False).root)
+    grid_path = base / "report-test.toml"
+    grid_path.write_text(GRID.format(world=world, runs=base / "runs"))
+    grid = load_grid(grid_path)
+    uri = f"sqlite:///{base}/mlruns.db"
+    tracker = MLflowTracker(uri)
+    parent = tracker.start_run(grid.name, run_name="grid", tags={"md2bench.kind": "grid", "md2bench.grid": grid.name})
+    for row in grid.rows[:2]:
+        for seed in grid.seeds:
+            result = fit(grid.config_for(row, seed), tracker, experiment=grid.name, run_name=f"{row.name}/seed{seed}",
+                         tags={"md2bench.grid": grid.name}, parent_run_id=parent.run_id, progress=False)
+            assert result.status == "FINISHED", result.message
+    # A newer failed attempt of baseline/seed0 with an absurd metric: must not enter the table.
+    bad = tracker.start_run(grid.name, run_name="baseline/seed0", parent_run_id=parent.run_id,
+                            tags={"md2bench.row": "baseline", "md2bench.seed": "0", "md2bench.grid": grid.name})
+    bad.log_metrics({"test/abs_rel": 99.0}, step=0)
+    bad.end("FAILED")
+    parent.end()
+    out = base / "out"
+    built = report.build_report(grid_path, out=out, tracking_uri=uri)
+    return {"base": base, "uri": uri, "grid": grid, "grid_path": grid_path, "parent": parent.run_id,
+            "report": built, "out": out}
+
+
+def _finished_metrics(uri: str, experiment: str) -> dict[str, list[dict[str, float]]]:
+    """Per row, the test metrics of its FINISHED runs, read straight from the MLflow client."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    out: dict[str, list[dict[str, float]]] = {}
+    for run in client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'"):
+        if "md2bench.kind" in run.data.tags:
+            continue
+        out.setdefault(run.data.tags["md2bench.row"], []).append(run.data.metrics)
+    return out
+
+
+@pytest.mark.slow
+def test_table_matches_mlflow(store: dict[str, Any]) -> None:
+    expected = _finished_metrics(store["uri"], "report-test")
+    assert {k: len(v) for k, v in expected.items()} == {"baseline": 2, "full": 2}
+    summary = store["report"].summary.set_index("row")
+    assert list(summary.index) == ["baseline", "full", "no_ssim"]  # grid order
+    for row, runs in expected.items():
+        assert summary.loc[row, "n"] == 2
+        for m in METRICS:
+            values = [r[f"test/{m}"] for r in runs]
+            assert summary.loc[row, f"{m}_mean"] == pytest.approx(statistics.mean(values))
+            assert summary.loc[row, f"{m}_std"] == pytest.approx(statistics.stdev(values))
+            paper = store["grid"].row(row).paper[m]
+            assert summary.loc[row, f"{m}_diff"] == pytest.approx(statistics.mean(values) - paper)
+    # The best mean per column: lowest abs_rel, highest a1 among the two trained rows.
+    means = {row: statistics.mean(r["test/abs_rel"] for r in runs) for row, runs in expected.items()}
+    assert summary.loc[min(means, key=means.get), "abs_rel_best"]
+    # Moving / static table (synthetic world): the same statistics for test/moving/* and test/static/*.
+    motion = store["report"].motion.set_index("row")
+    for row, runs in expected.items():
+        values = [r["test/moving/abs_rel"] for r in runs]
+        assert motion.loc[row, "moving/abs_rel_mean"] == pytest.approx(statistics.mean(values))
+
+
+@pytest.mark.slow
+def test_missing_row_is_missing_not_zero(store: dict[str, Any]) -> None:
+    summary = store["report"].summary.set_index("row")
+    assert summary.loc["no_ssim", "n"] == 0
+    assert all(math.isnan(summary.loc["no_ssim", f"{m}_mean"]) for m in METRICS)
+    md = (store["out"] / "table.md").read_text()
+    line = next(l for l in md.splitlines() if l.startswith("| Monodepth2 w/o SSIM"))
+    assert "(not run)" in line and line.count("—") == len(METRICS) and "0.000" not in line
+    csv = pd.read_csv(store["out"] / "table.csv").set_index("row")
+    assert np.isnan(csv.loc["no_ssim", "abs_rel_mean"])
+    assert "not run yet" in (store["out"] / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_files_figures_and_provenance(store: dict[str, Any]) -> None:
+    out: Path = store["out"]
+    for name in ("README.md", "table.md", "table.tex", "table.csv", "runs.csv", "motion.csv", "report.html",
+                 "metrics.png", "metrics.pdf", "val_curves.png", "val_curves.pdf", "qualitative.png",
+                 "qualitative.pdf"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    tex = (out / "table.tex").read_text()
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex and "\\checkmark" in tex
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3  # metrics, val curves, qualitative: all inlined
+    readme = (out / "README.md").read_text()
+    runs = store["report"].runs
+    commit = runs["commit"].iloc[0]
+    assert "report-test" in readme and commit in readme and "cpu" in readme
+    assert "![metrics](metrics.png)" in readme and "Moving objects vs static pixels" in readme
+    # The tidy table holds every training run (4 finished + 1 failed), one row each.
+    assert len(runs) == 5 and sorted(runs["status"].value_counts().items()) == [("FAILED", 1), ("FINISHED", 4)]
+    assert {"grid", "row", "seed", "status", "duration_s", "device", "commit", "flag.automask", "abs_rel"} <= set(runs)
+
+
+@pytest.mark.slow
+def test_report_logged_on_the_grid_parent_run(store: dict[str, Any]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    assert store["report"].logged_to == store["parent"]
+    names = {a.path for a in MlflowClient(store["uri"]).list_artifacts(store["parent"], "report")}
+    assert {"report/README.md", "report/table.tex", "report/metrics.png"} <= names
+
+
+@pytest.mark.slow
+def test_errors_say_what_to_do(store: dict[str, Any], tmp_path: Path) -> None:
+    with pytest.raises(report.ReportError, match="experiments there: .*report-test"):
+        report.build_report("no-such-thing", out=tmp_path / "x", tracking_uri=store["uri"])
+    empty = tmp_path / "empty-grid.toml"
+    empty.write_text(GRID.format(world=tmp_path, runs=tmp_path).replace('"report-test"', '"empty-grid"'))
+    with pytest.raises(report.ReportError, match=f"md2bench run-ablation {empty}"):
+        report.build_report(empty, out=tmp_path / "y", tracking_uri=store["uri"])
+    # An experiment with only a failed run: "no finished training runs" and the command.
+    from md2bench.tracking import MLflowTracker
+
+    MLflowTracker(store["uri"]).start_run("only-failed", tags={"md2bench.row": "x"}).end("FAILED")
+    with pytest.raises(report.ReportError, match="no finished training runs.*FAILED: 1.*run-ablation"):
+        report.build_report("only-failed", out=tmp_path / "z", tracking_uri=store["uri"])
+
+
+@pytest.mark.slow
+def test_cli_report(store: dict[str, Any], tmp_path: Path) -> None:
+    from md2bench.cli import app
+
+    runner = CliRunner()
+    out = runner.invoke(app, ["report", str(store["grid_path"]), "--out", str(tmp_path / "r"), "--tracking-uri",
+                              store["uri"], "--no-figures", "--no-log"])
+    assert out.exit_code == 0, out.output
+    assert "2/3 rows with finished runs" in out.output
+    assert (tmp_path / "r" / "README.md").is_file()
+    bad = runner.invoke(app, ["report", "nope", "--tracking-uri", store["uri"]])
+    assert bad.exit_code == 2 and "no grid file and no MLflow experiment" in bad.output
