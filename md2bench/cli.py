@@ -53,3 +53,352 @@ def data_synth(
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(summary.describe())
+
+
+@data_app.command("prepare-kitti")
+def data_prepare_kitti(
+    raw: Path = typer.Option(..., "--raw", help="KITTI raw root (holding 2011_09_26/ ...)."),
+    to_jpeg: bool = typer.Option(False, "--to-jpeg", help="Convert image PNGs to JPEG (quality 92) in place."),
+    chroma: str = typer.Option("4:2:0", help="JPEG chroma subsampling: 4:2:0 (the reference's ImageMagick "
+                               "2x2,1x1,1x1) or 4:4:4."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for gt_depths.npz (default: the raw folder)."),
+    annotated: Optional[Path] = typer.Option(None, help="KITTI depth annotations (data_depth_annotated) for the "
+                                             "improved eigen_benchmark GT."),
+    split: List[str] = typer.Option(["eigen_zhou", "eigen"], "--split", help="Packaged splits to check."),
+    export: bool = typer.Option(True, "--export/--no-export", help="Export the test ground truth."),
+) -> None:
+    """Check a KITTI raw download against the splits, optionally convert to JPEG, export test GT.
+
+    Example: md2bench data prepare-kitti --raw /data/kitti --to-jpeg
+    """
+    from md2bench.data.prepare import prepare_kitti
+
+    try:
+        result = prepare_kitti(raw, to_jpeg=to_jpeg, out_dir=out, annotated=annotated, splits=split, chroma=chroma,
+                               export=export, progress=True)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(result.report.describe())
+    if to_jpeg:
+        typer.echo(f"JPEG: {result.converted} converted, {result.skipped} already done")
+    for path in result.gt_files:
+        typer.echo(f"ground truth: {path}")
+    for note in result.notes:
+        typer.echo(note)
+    if not result.report.ok:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------------------------- bench
+@app.command("bench")
+def bench_cmd(
+    config: Optional[str] = typer.Argument(None, help="Config TOML or preset name (default: synth)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="Dotted key=value overrides."),
+    height: Optional[int] = typer.Option(None, help="Input height (overrides data.height)."),
+    width: Optional[int] = typer.Option(None, help="Input width (overrides data.width)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size (overrides train.batch_size)."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (overrides train.device)."),
+    steps: int = typer.Option(10, help="Timed training steps (after warm-up)."),
+    warmup: int = typer.Option(3, help="Untimed warm-up steps."),
+    parts: str = typer.Option("train,loader,render", help="Which measurements: train, loader, render, reference."),
+    concurrent: str = typer.Option("", help="Also measure total images/s of K concurrent runs, e.g. '1,2,4'."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+) -> None:
+    """Measure training images/s, data-loading images/s and rendering frames/s on this device.
+
+    Example: md2bench bench synth --height 96 --width 320 --batch-size 8 --device cpu --json
+    """
+    from md2bench import bench
+    from md2bench.config import ConfigError, load_config
+
+    extra = [o for o in (overrides or [])]
+    if config is not None and "=" in config:
+        extra.insert(0, config)
+        config = None
+    for key, value in (("data.height", height), ("data.width", width), ("train.batch_size", batch_size),
+                       ("train.device", device)):
+        if value is not None:
+            extra.append(f"{key}={value}")
+    try:
+        cfg = load_config(config, extra)
+    except ConfigError as exc:
+        _fail(str(exc))
+    result = bench.run_benchmark(
+        cfg, steps=steps, warmup=warmup, parts=[p.strip() for p in parts.split(",") if p.strip()],
+        concurrent=[int(k) for k in concurrent.split(",") if k.strip()],
+    )
+    typer.echo(bench.format_result(result))
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(result, sort_keys=True))
+
+
+# --------------------------------------------------------------------------------------------- train / evaluate
+def _split_config_args(args: List[str]) -> tuple[Optional[str], List[str]]:
+    """``[CONFIG] [key=value ...]``: a first positional containing '=' means no config was given."""
+    if not args:
+        return None, []
+    if "=" in args[0]:
+        return None, list(args)
+    return args[0], list(args[1:])
+
+
+def _parse_tags(items: List[str]) -> dict[str, str]:
+    """``--tag k=v`` pairs; a key without a dot is namespaced (``grid=x`` -> ``md2bench.grid=x``)."""
+    tags: dict[str, str] = {}
+    for item in items:
+        if "=" not in item:
+            _fail(f"--tag {item!r} must look like key=value, e.g. --tag grid=synth-ablation")
+        key, _, value = item.partition("=")
+        key = key.strip()
+        tags[key if "." in key else f"md2bench.{key}"] = value.strip()
+    return tags
+
+
+@app.command(
+    "train",
+    epilog="Examples: md2bench train | md2bench train tiny train.max_steps=10 | "
+    "md2bench train paper data.path=/data/kitti --run-name baseline/seed0 --tag grid=paper",
+)
+def train_cmd(
+    args: Optional[List[str]] = typer.Argument(
+        None, metavar="[CONFIG] [KEY=VALUE]...",
+        help="A TOML file or preset (paper, synth, tiny; default synth), then dotted overrides.",
+    ),
+    tracking_uri: Optional[str] = typer.Option(
+        None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)."
+    ),
+    experiment: str = typer.Option("md2bench", "--experiment", help="MLflow experiment name."),
+    run_name: Optional[str] = typer.Option(None, "--run-name", help="MLflow run name (default: the config's name)."),
+    tag: Optional[List[str]] = typer.Option(None, "--tag", help="Extra MLflow tag key=value (repeatable)."),
+    parent_run_id: Optional[str] = typer.Option(None, "--parent-run-id", help="Nest under this MLflow run."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the run's checkpoint if any."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Train one configuration: the synthetic world by default, KITTI when the config says so.
+
+    Exit codes: 0 finished, 1 failed (non-finite loss or error), 3 blocked (ImageNet weights missing),
+    4 busy (another process trains this run), 75 interrupted (checkpoint written; run again to resume).
+    """
+    from md2bench import trainer
+    from md2bench.config import ConfigError, load_config
+    from md2bench.models.encoder import WeightsNotFoundError
+    from md2bench.tracking import MLflowTracker
+
+    source, overrides = _split_config_args(list(args or []))
+    try:
+        cfg = load_config(source, overrides)
+    except ConfigError as exc:
+        _fail(str(exc))
+    tracker = MLflowTracker(tracking_uri)
+    try:
+        result = trainer.fit(
+            cfg, tracker, experiment=experiment, run_name=run_name, tags=_parse_tags(list(tag or [])),
+            parent_run_id=parent_run_id, resume=resume, progress=progress,
+        )
+    except WeightsNotFoundError as exc:
+        _fail(str(exc), trainer.EXIT_BLOCKED)
+    except trainer.RunBusyError as exc:
+        _fail(str(exc), trainer.EXIT_BUSY)
+    except KeyboardInterrupt:
+        _fail("interrupted; the last checkpoint is kept, run the same command to resume", trainer.EXIT_INTERRUPTED)
+    except Exception as exc:  # the traceback is in <run_dir>/train.log
+        _fail(f"{type(exc).__name__}: {exc}", trainer.EXIT_FAILED)
+    typer.echo(f"{result.status}: {result.message}")
+    typer.echo(f"run folder: {result.run_dir}   MLflow run: {result.run_id}   store: {tracker.uri}")
+    if result.test_metrics:
+        typer.echo(_metrics_table(result.test_metrics))
+    raise typer.Exit(result.exit_code)
+
+
+def _metrics_table(metrics: dict[str, float]) -> str:
+    """Two-line table: metric names over values (``test/`` prefixes dropped)."""
+    names = [k for k in metrics if not k.startswith("test/ratio")]
+    heads = [k.removeprefix("test/") for k in names]
+    widths = [max(len(h), 8) for h in heads]
+    top = "  ".join(h.rjust(w) for h, w in zip(heads, widths))
+    bottom = "  ".join(f"{metrics[k]:.4f}".rjust(w) for k, w in zip(names, widths))
+    return f"{top}\n{bottom}"
+
+
+@app.command("evaluate", epilog="Example: md2bench evaluate --checkpoint md2bench_runs/<run_key>/checkpoint.pt --out eval.csv")
+def evaluate_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint.pt (or last.pt) written by md2bench train."),
+    split: Optional[str] = typer.Option(None, "--split", help="test (default: the config's test split), val, eigen, "
+                                        "eigen_benchmark or synth."),
+    post_process: bool = typer.Option(False, "--post-process", help="Blend with the flipped image's prediction."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the per-image metrics to this CSV."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Evaluate a trained checkpoint with the standard depth protocol and print the metrics table."""
+    from md2bench.checkpoint import CheckpointError, load_for_inference
+    from md2bench.evaluate import evaluate_depth
+    from md2bench.trainer import resolve_device
+
+    try:
+        torch_device = resolve_device(device)
+        cfg, models = load_for_inference(checkpoint, torch_device)
+        result = evaluate_depth(models, cfg, split=split, post_process=post_process, device=torch_device)
+    except (CheckpointError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+    metrics = {f"test/{k}": v for k, v in result.mean.items()}
+    typer.echo(result.describe())
+    typer.echo(_metrics_table(metrics))
+    if out is not None:
+        typer.echo(f"per-image metrics: {result.save_csv(out)}")
+
+
+# ------------------------------------------------------------------------------------------- run-ablation
+@app.command(
+    "run-ablation",
+    epilog="Examples: md2bench run-ablation smoke | md2bench run-ablation synth-ablation --runs-per-gpu 4 | "
+    "md2bench run-ablation paper-ablation --dry-run --set data.path=/data/kitti | "
+    "md2bench run-ablation paper-ablation --backend slurm --partition gpu --time 1440",
+)
+def run_ablation_cmd(
+    grid_name: str = typer.Argument(..., metavar="GRID", help="A grid TOML file or a name in experiments/ "
+                                    "(paper-ablation, synth-ablation, smoke)."),
+    gpus: str = typer.Option("all", "--gpus", help="all, none, or GPU indices like 0,1."),
+    runs_per_gpu: Optional[int] = typer.Option(None, "--runs-per-gpu", help="Runs packed per GPU (default: from "
+                                               "measured free memory, 1 if unknown)."),
+    cpu_jobs: int = typer.Option(1, "--cpu-jobs", help="Concurrent runs where there is no GPU."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Run the first N seeds (more than listed: 0..N-1)."),
+    rows: Optional[List[str]] = typer.Option(None, "--row", help="Only this row (repeatable)."),
+    backend: str = typer.Option("local", "--backend", help="local (subprocesses here) or slurm (a job array)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print runs, skips/resumes and a rough time; run nothing."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow store (default "
+                                               "$MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)."),
+    retries: int = typer.Option(1, "--retries", help="Extra attempts of a failed run (resuming its checkpoint)."),
+    out_dir: Optional[str] = typer.Option(None, "--out-dir", help="Run folders root (train.out_dir)."),
+    sets: Optional[List[str]] = typer.Option(None, "--set", help="Extra override key=value for every run "
+                                             "(repeatable), e.g. --set data.path=/data/kitti."),
+    partition: Optional[str] = typer.Option(None, "--partition", help="slurm: partition."),
+    time_min: int = typer.Option(24 * 60, "--time", help="slurm: time limit per run in minutes."),
+    gpus_per_run: int = typer.Option(1, "--gpus-per-run", help="slurm: GPUs per run (0: CPU)."),
+    mem_gb: Optional[float] = typer.Option(None, "--mem", help="slurm: memory per run in GB."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="slurm: submitit cluster (default auto; "
+                                          "'local' runs the array on this machine)."),
+    wait: bool = typer.Option(False, "--wait/--no-wait", help="slurm: wait for every task and report."),
+) -> None:
+    """Run every row × seed of a grid: skip finished runs, resume interrupted ones, pack the rest on the GPUs.
+
+    Exit codes: 0 all finished (or skipped, or running elsewhere), 1 a run failed, 3 runs blocked (ImageNet
+    weights missing; the message says where to put the file), 130 interrupted (run the command again to resume).
+    """
+    from md2bench.config import ConfigError, parse_overrides
+    from md2bench.grid import GridError, load_grid
+    from md2bench.orchestrator import OrchestratorError, run_grid
+
+    try:
+        grid = load_grid(grid_name)
+        extra = parse_overrides(list(sets or []))
+        if out_dir is not None:
+            extra["train.out_dir"] = out_dir
+        if extra:
+            grid = grid.with_overrides(extra)
+        if backend == "local":
+            result = run_grid(
+                grid, seeds=seeds, rows=rows or None, gpus=gpus, runs_per_gpu=runs_per_gpu, cpu_jobs=cpu_jobs,
+                retries=retries, tracking_uri=tracking_uri, dry_run=dry_run,
+            )
+        elif backend == "slurm":
+            from md2bench.slurm import run_grid_slurm
+
+            result = run_grid_slurm(
+                grid, seeds=seeds, rows=rows or None, tracking_uri=tracking_uri, partition=partition,
+                time_min=time_min, gpus_per_run=gpus_per_run, mem_gb=mem_gb, retries=retries, cluster=cluster,
+                wait=wait, dry_run=dry_run,
+            )
+        else:
+            _fail(f"--backend {backend!r}: choose local or slurm")
+    except (GridError, ConfigError, OrchestratorError) as exc:
+        _fail(str(exc))
+    raise typer.Exit(0 if dry_run else result.exit_code)
+
+
+# ------------------------------------------------------------------------------------------- report / tune
+@app.command(
+    "report",
+    epilog="Examples: md2bench report smoke | md2bench report experiments/synth-ablation.toml --out "
+    "reports/synth-ablation | md2bench report my-experiment --tracking-uri sqlite:///other.db --no-qualitative",
+)
+def report_cmd(
+    target: str = typer.Argument(..., metavar="GRID_OR_EXPERIMENT",
+                                 help="A grid TOML file, a grid name in experiments/, or an MLflow experiment name."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default reports/<grid>)."),
+    tracking_uri: Optional[str] = typer.Option(
+        None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)."
+    ),
+    figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw the figures (PNG and PDF)."),
+    qualitative: bool = typer.Option(True, "--qualitative/--no-qualitative",
+                                     help="Draw the qualitative grid (loads each row's checkpoint and test data)."),
+    images: int = typer.Option(3, "--images", help="Test images in the qualitative grid."),
+    device: str = typer.Option("cpu", "--device", help="Where the qualitative predictions run (cpu, cuda)."),
+    log: bool = typer.Option(True, "--log/--no-log", help="Log the report on the grid's MLflow parent run."),
+) -> None:
+    """Tables (Markdown, LaTeX, CSV, HTML) and figures of a grid's runs, the paper's numbers beside ours."""
+    from md2bench.report import ReportError, build_report
+
+    try:
+        report = build_report(target, out, tracking_uri, figures=figures, qualitative=qualitative and figures,
+                              log_to_mlflow=log, num_images=images, device=device)
+    except ReportError as exc:
+        _fail(str(exc))
+    done = int((report.summary["n"] > 0).sum())
+    typer.echo(f"report of {report.experiment}: {done}/{len(report.summary)} rows with finished runs, "
+               f"{len(report.files)} files in {report.out_dir} (open {report.out_dir / 'README.md'})")
+    if report.logged_to:
+        typer.echo(f"logged as artifacts report/ on MLflow run {report.logged_to}")
+    for note in report.notes:
+        typer.echo(f"note: {note}")
+
+
+@app.command(
+    "tune",
+    epilog="Example: md2bench tune synth --space experiments/search-space.toml --trials 20 --study lr-smooth "
+    "--export best.toml   (run the same command again to add 20 more trials)",
+)
+def tune_cmd(
+    args: Optional[List[str]] = typer.Argument(
+        None, metavar="[CONFIG] [KEY=VALUE]...",
+        help="A TOML file or preset (paper, synth, tiny; default synth), then dotted overrides.",
+    ),
+    space: Path = typer.Option(..., "--space", help="Search-space TOML (see experiments/search-space.toml)."),
+    trials: int = typer.Option(..., "--trials", help="Finished trials (complete or pruned) to add."),
+    study: str = typer.Option(..., "--study", help="Optuna study name (also the MLflow experiment)."),
+    storage: Optional[str] = typer.Option(
+        None, "--storage", help="Optuna storage: an RDB URL (postgresql://...) or journal:FILE; default a journal "
+        "file beside the MLflow store."
+    ),
+    gpus: Optional[str] = typer.Option(None, "--gpus", help="auto (every visible GPU, one worker each), cpu, or "
+                                       "indices like 0,1."),
+    export: Optional[Path] = typer.Option(None, "--export", help="Write the best trial as a config TOML here."),
+    seed: int = typer.Option(0, "--seed", help="Sampler seed (TPE)."),
+    tracking_uri: Optional[str] = typer.Option(
+        None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)."
+    ),
+    progress: bool = typer.Option(False, "--progress/--no-progress", help="Show each trial's progress bar."),
+) -> None:
+    """Search hyperparameters with Optuna (TPE, median pruning); each trial is an MLflow run under the study run."""
+    from md2bench.config import ConfigError
+    from md2bench.tune import TuneError, run_study
+
+    source, overrides = _split_config_args(list(args or []))
+    try:
+        result = run_study(source, space, study_name=study, trials=trials, overrides=overrides, storage=storage,
+                           tracking_uri=tracking_uri, gpus=gpus, seed=seed, export=export, progress=progress)
+    except (TuneError, ConfigError) as exc:
+        _fail(str(exc))
+    states: dict[str, int] = {}
+    for t in result.trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    typer.echo(f"study {result.study_name}: {result.new_trials} new trials, {len(result.trials)} in all "
+               f"({', '.join(f'{k.lower()} {v}' for k, v in sorted(states.items()))}); storage {result.storage}")
+    typer.echo(f"MLflow study run: {result.study_run_id}")
+    if result.best_params:
+        typer.echo(f"best: {result.best_value:.6g} with {result.best_params}")
+    if result.exported:
+        typer.echo(f"best config written to {result.exported} (md2bench train {result.exported})")
+    for note in result.notes:
+        typer.echo(f"note: {note}")

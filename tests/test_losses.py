@@ -195,3 +195,17 @@ def test_smoothness_is_lower_when_image_edges_coincide_with_disparity_edges() ->
     # ratio: only the one jump column contributes, weighted exp(−1) vs 1
     ratio = smoothness_loss(disp, coinciding).item() / smoothness_loss(disp, elsewhere).item()
     assert ratio == pytest.approx(math.exp(-1), rel=1e-6)
+
+
+def test_separable_pool_equals_average_pooling() -> None:
+    # The SSIM statistics use a separable 3x3 box filter on a reflection-padded image; it must equal
+    # avg_pool2d(kernel 3, stride 1) on the same padded image up to float32 summation order.
+    from md2bench.losses import _pool3x3
+
+    x = torch.rand(2, 3, 3, 7, 9)
+    expected = F.avg_pool2d(F.pad(x.reshape(-1, 1, 7, 9), (1, 1, 1, 1), mode="reflect"), 3, 1).reshape(x.shape)
+    torch.testing.assert_close(_pool3x3(x), expected, rtol=0, atol=1e-6)
+    # hand value: a 3x3 constant-5 patch with a 14 in the middle pools to (8*5 + 14)/9 = 6 at the centre
+    patch = torch.full((1, 3, 3), 5.0)
+    patch[0, 1, 1] = 14.0
+    assert _pool3x3(patch)[0, 1, 1].item() == pytest.approx(6.0)

@@ -1,0 +1,121 @@
+"""Checkpoints: atomic writes, full resume state, and loading a trained model for inference.
+
+A training checkpoint is one ``torch.save`` dict (see ``md2bench.trainer`` for what it holds: model state
+dicts, optimiser, scheduler, epoch, step, batch position, RNG states, config, MLflow run id). Everything in
+it is a tensor, a number, a string, or a list / tuple / dict of those, so it loads with
+``torch.load(weights_only=True)``: opening a checkpoint never runs pickled code.
+
+Writes are atomic: the state goes to a temporary file in the same folder, is flushed and ``fsync``-ed, then
+``os.replace``-d over the target. A crash or a kill mid-write leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from md2bench.config import Config
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, unreadable or lacks what the caller needs."""
+
+
+def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``).
+
+    Args:
+        path: destination file; its folder is created if needed.
+        state: a dict of tensors, numbers, strings and containers of those.
+
+    Returns:
+        The destination path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp creates 0600; a checkpoint is an ordinary, shareable file
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(dict(state), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable (best effort: not every filesystem lets a folder be opened)."""
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by ``save_checkpoint`` (``weights_only=True``: no code runs).
+
+    Raises:
+        CheckpointError: the file does not exist or is not a checkpoint dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; train a model first (md2bench train) or fix the path")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated file, foreign pickle, ...
+        raise CheckpointError(f"{path} is not a readable md2bench checkpoint: {exc}") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not an md2bench checkpoint dict")
+    return state
+
+
+def config_from_checkpoint(state: Mapping[str, Any], where: str = "checkpoint") -> Config:
+    """The ``Config`` stored in a checkpoint dict."""
+    if "config" not in state:
+        raise CheckpointError(f"{where} has no 'config' entry; it was not written by md2bench")
+    return Config.from_dict(state["config"], where=where)
+
+
+def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> tuple[Config, torch.nn.ModuleDict]:
+    """Rebuild the networks of a checkpoint for evaluation.
+
+    The networks are built from the stored config with ``model.pretrained`` forced to ``scratch`` (the
+    checkpoint's weights replace any initialisation, so no ImageNet weights file is needed), the stored state
+    dicts are loaded strictly, and the models are put in eval mode on ``device``.
+
+    Args:
+        path: a training checkpoint (``checkpoint.pt``) or a weights-only one (``last.pt``).
+        device: where to put the models.
+
+    Returns:
+        ``(cfg, models)``: the config the run was trained with (as stored) and a ``ModuleDict`` with the keys
+        of ``md2bench.models.build_models``.
+    """
+    from md2bench.models import build_models
+
+    state = load_checkpoint(path, map_location="cpu")
+    cfg = config_from_checkpoint(state, where=str(path))
+    if "models" not in state:
+        raise CheckpointError(f"{path} has no 'models' entry (model state dicts)")
+    models = build_models(cfg.override({"model.pretrained": "scratch"}))
+    models.load_state_dict(state["models"], strict=True)
+    models.to(device)
+    models.eval()
+    return cfg, models
