@@ -187,7 +187,8 @@ class Grid:
         return tuple(seeds)
 
     def expand(self, seeds: int | None = None, rows: Sequence[str] | None = None) -> list[RunSpec]:
-        """Every (row, seed) as a ``RunSpec``, row-major (all seeds of row 1, then row 2, ...).
+        """Every (row, seed) as a ``RunSpec``, seed-major (every row at the first seed, then every row at the
+        second, ...), so a grid stopped part-way has covered every row before it adds spread.
 
         Args:
             seeds: how many seeds (see ``seeds_for``); None for the file's list.
@@ -201,10 +202,10 @@ class Grid:
                     f"{self._where()}: no row(s) {', '.join(unknown)}; rows: {', '.join(r.name for r in self.rows)}"
                 )
         specs: list[RunSpec] = []
-        for row in self.rows:
-            if wanted is not None and row.name not in wanted:
-                continue
-            for seed in self.seeds_for(seeds):
+        for seed in self.seeds_for(seeds):
+            for row in self.rows:
+                if wanted is not None and row.name not in wanted:
+                    continue
                 cfg = self.config_for(row, seed)
                 specs.append(RunSpec(self.name, row.name, row.label, seed, cfg, cfg.run_key))
         return specs
