@@ -692,7 +692,7 @@ def provenance(tracker: MLflowTracker, experiment: str, grid: Any, runs: pd.Data
         return ", ".join(f"{k} ({v} runs)" for k, v in vc.items())
 
     info = {
-        "grid": f"{grid.name} ({grid.path})" if grid is not None else "none (runs read by experiment name)",
+        "grid": f"{grid.name} ({_display_path(grid.path)})" if grid is not None else "none (runs read by experiment name)",
         "experiment": experiment,
         "tracking store": tracker.uri,
         "commits": counts("commit"),
@@ -762,7 +762,7 @@ def build_report(
     """
     tracker = MLflowTracker(tracking_uri)
     experiment, grid = resolve_target(target, tracker)
-    grid_cmd = f"md2bench run-ablation {grid.path}" if grid is not None and grid.path else \
+    grid_cmd = f"md2bench run-ablation {_display_path(grid.path)}" if grid is not None and grid.path else \
         f"md2bench run-ablation experiments/{experiment}.toml"
     if tracker.experiment_id(experiment, create=False) is None:
         raise ReportError(f"grid {experiment!r} has no runs in {tracker.uri} yet; produce them with: {grid_cmd}")
@@ -840,3 +840,13 @@ def log_report(tracker: MLflowTracker, experiment: str, grid_name: str, files: I
     for path in files:
         tracker.client.log_artifact(run_id, str(path), "report")
     return run_id
+
+
+def _display_path(path: object) -> str:
+    """A path relative to the working directory where it lies below it (reports are committed and shared)."""
+    from pathlib import Path
+
+    try:
+        return str(Path(str(path)).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

@@ -41,7 +41,13 @@ def _artifact_root(uri: str) -> str | None:
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
-    """The current git commit (with ``-dirty`` when the tree has changes), or ``unknown`` outside a checkout."""
+    """The current git commit (with ``-dirty`` when the tree has changes), or ``unknown`` outside a checkout.
+
+    ``$MD2BENCH_COMMIT`` takes precedence: set it where the code runs from a copy without ``.git`` (a cluster
+    staging folder, a remote GPU machine), so runs still carry the commit that produced them.
+    """
+    if os.environ.get("MD2BENCH_COMMIT"):
+        return os.environ["MD2BENCH_COMMIT"]
     where = Path(cwd) if cwd else Path(__file__).resolve().parent
     try:
         sha = subprocess.run(
