@@ -29,13 +29,7 @@ from typing import Any, Callable
 import torch
 
 from md2bench.config import Config
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+from md2bench.trainer import resolve_device
 
 
 def _sync(device: torch.device) -> None:

@@ -279,7 +279,7 @@ def read_poses(path: str | Path) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------- dataset
-def _listing(directory: Path, cache: dict[Path, frozenset[str]]) -> frozenset[str]:
+def cached_listing(directory: Path, cache: dict[Path, frozenset[str]]) -> frozenset[str]:
     if directory not in cache:
         try:
             cache[directory] = frozenset(os.listdir(directory))
@@ -294,7 +294,7 @@ def _resolve_image(root: Path, folder: str, frame: int, side: str, image_ext: st
     exts = IMAGE_EXTS if image_ext == "auto" else (image_ext,)
     for ext in exts:
         path = image_path(root, folder, frame, side, ext)
-        if path.name in _listing(path.parent, cache):
+        if path.name in cached_listing(path.parent, cache):
             return path
     return None
 

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from md2bench.data.kitti import (
     OTHER_SIDE,
     SplitLine,
+    cached_listing,
     calib_dir,
     depth_gt_path,
     generate_depth_map,
@@ -156,12 +157,7 @@ def check_split_lines(raw: str | Path, name: str, lines: Sequence[SplitLine], is
     exts = ("jpg", "png") if image_ext == "auto" else (image_ext,)
 
     def listing(directory: Path) -> frozenset[str]:
-        if directory not in cache:
-            try:
-                cache[directory] = frozenset(os.listdir(directory))
-            except OSError:
-                cache[directory] = frozenset()
-        return cache[directory]
+        return cached_listing(directory, cache)
 
     def find(line: SplitLine, frame: int, side: str) -> Path | None:
         for ext in exts:
