@@ -113,7 +113,7 @@ def measure_loader(cfg: Config, batches: int = 20) -> dict[str, Any]:
     """Images/s of the training data loader reading from disk with augmentation."""
     from md2bench.data.kitti import build_dataset
 
-    dataset = build_dataset(cfg, "train")
+    dataset = build_dataset(cfg, "train", load_depth=False)  # as the trainer reads it: no ground truth
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=cfg.train.batch_size,

@@ -691,7 +691,10 @@ def _fit_locked(
     scheduler = make_scheduler(optimizer, cfg)
 
     # ----- data
-    train_set = build_dataset(cfg, "train")
+    # The training step never reads ground truth: decoding the synthetic world's depth and motion-mask PNGs
+    # for every training item would add two decodes to the three images (the reference projects velodyne
+    # points every step for logging, a known slowdown). Validation loads it for its metrics.
+    train_set = build_dataset(cfg, "train", load_depth=False)
     val_set = build_dataset(cfg, "val")
     if hasattr(val_set, "set_epoch"):
         val_set.set_epoch(0)
