@@ -6,19 +6,51 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from PIL import Image
 
 from md2bench.data.transforms import IDENTITY_JITTER, color_jitter, make_pyramid, sample_augmentation
 
 
-def test_make_pyramid_area_average() -> None:
-    images = torch.zeros(1, 1, 3, 2, 4, dtype=torch.uint8)
-    images[0, 0, :, 0, 0] = 255  # top-left 2×2 block holds one 255 → mean 63.75
-    images[0, 0, :, :, 2:] = 255  # right 2×2 block all 255 → mean 255
+def test_make_pyramid_is_pillow_lanczos_on_a_step_edge() -> None:
+    # The reference builds scale 1 with PIL LANCZOS on the uint8 image (REFERENCE §3.1). A vertical step
+    # (columns 0..7 = 0, 8..15 = 255) halved to 8 columns: output j of an exact halving has its centre at input
+    # 2j + 1 and taps p = 2j − 5 .. 2j + 6 weighted lanczos((p − 2j − 0.5)/2), lanczos(x) = sinc(x)·sinc(x/3):
+    # at offsets 0.25, 0.75, 1.25, 1.75, 2.25, 2.75 → 0.89008, 0.27019, −0.13287, −0.06779, 0.03002, 0.00736
+    # (one side sums to 0.99699, both to 1.99398).
+    # j = 3: taps 8..12 are 255 (offsets 0.75..2.75): 255·0.10691/1.99398 = 13.67 → 14 (a box filter gives 0).
+    # j = 4: taps 8..14 (offsets −0.25..2.75): 255·(0.89008 + 0.99699)/1.99398 = 241.3 → 241 (box: 255).
+    # The rest is Pillow's ringing and border renormalisation: 0, 1, 0 on the left, 255, 254, 255 on the right.
+    # The 2 rows → 1 row pass averages two equal rows (weights lanczos(±0.25), equal).
+    images = torch.zeros(1, 1, 3, 2, 16, dtype=torch.uint8)
+    images[..., 8:] = 255
     pyr = make_pyramid(images, (0, 1))
-    assert pyr[0].dtype == torch.float32 and pyr[0].shape == (1, 1, 3, 2, 4)
-    assert pyr[0].max().item() == 1.0
-    assert pyr[1].shape == (1, 1, 3, 1, 2)
-    torch.testing.assert_close(pyr[1][0, 0, 0, 0], torch.tensor([63.75 / 255, 1.0]))
+    assert pyr[0].dtype == torch.float32 and pyr[0].shape == (1, 1, 3, 2, 16)
+    assert pyr[1].shape == (1, 1, 3, 1, 8)
+    expected = torch.tensor([0.0, 1.0, 0.0, 14.0, 241.0, 255.0, 254.0, 255.0]) / 255
+    torch.testing.assert_close(pyr[1][0, 0, :, 0], expected.expand(3, 8))
+
+
+def test_make_pyramid_matches_pillow_chain() -> None:
+    # Scale s is PIL-resized from scale s − 1 (a chain), each result a uint8 image; ours may differ by one grey
+    # level where Pillow's 22-bit fixed-point sum sits on a rounding tie.
+    rng = np.random.default_rng(0)
+    height, width = 32, 96
+    yy, xx = np.mgrid[0:height, 0:width]
+    wave = 100 * np.sin(xx / 3.0) * np.cos(yy / 4.0)
+    img = (127 + wave[..., None] + rng.normal(0, 30, (height, width, 3))).clip(0, 255).astype(np.uint8)
+    pyr = make_pyramid(torch.from_numpy(img).permute(2, 0, 1)[None, None], (1, 2, 3))
+    pil = Image.fromarray(img)
+    for s in (1, 2, 3):
+        pil = pil.resize((width // 2**s, height // 2**s), Image.Resampling.LANCZOS)
+        ours = (pyr[s][0, 0].permute(1, 2, 0).numpy() * 255).round().astype(np.int64)
+        diff = np.abs(np.asarray(pil).astype(np.int64) - ours)
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (s, diff.max(), (diff > 0).mean())
+
+
+def test_make_pyramid_float_input_is_filtered_not_quantised() -> None:
+    # A constant image stays constant (the weights of every output sum to 1); float input keeps fractions.
+    images = torch.full((1, 1, 3, 16, 16), 0.3)
+    torch.testing.assert_close(make_pyramid(images, (2,))[2], torch.full((1, 1, 3, 4, 4), 0.3))
 
 
 def test_make_pyramid_sizes() -> None:

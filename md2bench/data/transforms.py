@@ -16,6 +16,7 @@ applied in the sample's ``color_order`` (torchvision ``ColorJitter`` draws a ran
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -60,11 +61,89 @@ def sample_augmentation(rng: np.random.Generator, color_aug: bool, flip: bool) -
     return factors, order, do_flip
 
 
-def make_pyramid(images: torch.Tensor, scales: Sequence[int]) -> dict[int, torch.Tensor]:
-    """Float image pyramid from raw uint8 frames.
+# Lanczos (a = 3) as Pillow resamples 8-bit images (``Image.resize(..., LANCZOS)``), which is how the reference
+# builds scale s from scale s − 1 (REFERENCE §3.1): separable, horizontal pass first, each pass rounded to uint8.
+LANCZOS_SUPPORT: float = 3.0
 
-    Scale s has size (H // 2^s, W // 2^s), made by area averaging of scale 0 (a box filter: for sizes that
-    divide exactly, the same as halving s times). Runs on the tensor's device.
+
+def _lanczos(x: np.ndarray) -> np.ndarray:
+    """Pillow's ``lanczos_filter``: sinc(x)·sinc(x/3) on [−3, 3), 0 elsewhere (np.sinc is sin(πx)/(πx))."""
+    return np.where((x >= -LANCZOS_SUPPORT) & (x < LANCZOS_SUPPORT), np.sinc(x) * np.sinc(x / LANCZOS_SUPPORT), 0.0)
+
+
+@functools.lru_cache(maxsize=64)
+def _lanczos_weights(in_size: int, out_size: int) -> np.ndarray:
+    """out×in resampling matrix of Pillow's ``precompute_coeffs`` for a LANCZOS resize of one axis.
+
+    Output pixel j has centre c = (j + 0.5)·scale (scale = in/out); its taps are the input pixels
+    [trunc(c − support + 0.5), trunc(c + support + 0.5)) clipped to the image, support = 3·max(scale, 1), with
+    weights lanczos((p − c + 0.5)/max(scale, 1)) normalised to sum 1 over the clipped taps (so border pixels
+    renormalise rather than pad). Read-only float64 array (cached).
+    """
+    scale = in_size / out_size
+    filter_scale = max(scale, 1.0)
+    support = LANCZOS_SUPPORT * filter_scale
+    weights = np.zeros((out_size, in_size), dtype=np.float64)
+    for j in range(out_size):
+        centre = (j + 0.5) * scale
+        lo = max(int(centre - support + 0.5), 0)  # C's (int) truncates toward zero
+        hi = min(int(centre + support + 0.5), in_size)
+        taps = _lanczos((np.arange(lo, hi) - centre + 0.5) / filter_scale)
+        total = taps.sum()
+        weights[j, lo:hi] = taps / total if total != 0 else taps
+    weights.setflags(write=False)
+    return weights
+
+
+def _resample_last(x: torch.Tensor, out_size: int, quantise: bool) -> torch.Tensor:
+    """Pillow-LANCZOS resample of the last axis of ``x`` (grey levels 0..255) to ``out_size``.
+
+    Exact halving (the pyramid's case) runs as 12 strided multiply-adds on a zero-padded copy plus a per-output
+    gain for the renormalised border pixels (elementwise only: no TF32 matmul can round it); any other ratio
+    uses the dense matrix. ``quantise``: round half up and clip to 0..255 as Pillow's 8-bit path does.
+    """
+    in_size = x.shape[-1]
+    weights = _lanczos_weights(in_size, out_size)
+    half = 2 * LANCZOS_SUPPORT  # support of an exact halving: taps 2j − 5 .. 2j + 6
+    first_interior, last_interior = 3, out_size - 4  # rows whose 12 taps are all inside the image
+    if in_size == 2 * out_size and first_interior <= last_interior:
+        left = int(half) - 1
+        kernel = weights[first_interior, 2 * first_interior - left: 2 * first_interior + int(half) + 1]
+        gain = np.ones(out_size)
+        for j in list(range(first_interior)) + list(range(last_interior + 1, out_size)):
+            inside = [t for t in range(kernel.size) if 0 <= 2 * j - left + t < in_size]
+            gain[j] = 1.0 / kernel[inside].sum()
+        padded = F.pad(x, (left, kernel.size - left))
+        taps = kernel.tolist()
+        out = padded[..., 0: 2 * out_size: 2] * taps[0]
+        for t in range(1, len(taps)):
+            out.add_(padded[..., t: t + 2 * out_size: 2], alpha=taps[t])
+        for j in np.flatnonzero(gain != 1.0).tolist():  # python scalars: no host→device copy, no sync
+            out[..., j].mul_(float(gain[j]))
+    else:
+        matrix = torch.tensor(weights, dtype=torch.float64, device=x.device)
+        out = (x.double() @ matrix.T).to(x.dtype)
+    if quantise:
+        out = out.add_(0.5).floor_().clamp_(0.0, 255.0)
+    return out
+
+
+def _halve(x: torch.Tensor, size: tuple[int, int], quantise: bool) -> torch.Tensor:
+    """(..., H, W) grey levels -> (..., size): Pillow LANCZOS, horizontal pass then vertical (each skipped if equal)."""
+    if x.shape[-1] != size[1]:
+        x = _resample_last(x, size[1], quantise)
+    if x.shape[-2] != size[0]:
+        x = _resample_last(x.transpose(-1, -2), size[0], quantise).transpose(-1, -2)
+    return x
+
+
+def make_pyramid(images: torch.Tensor, scales: Sequence[int]) -> dict[int, torch.Tensor]:
+    """Float image pyramid from raw uint8 frames, as the reference's loader builds it.
+
+    Scale s has size (H // 2^s, W // 2^s) and is resized from scale s − 1 (a chain, REFERENCE §3.1) with
+    Pillow's LANCZOS filter on 8-bit images: separable, horizontal pass first, each pass rounded to 0..255
+    (differences to Pillow are at most 1 grey level, at rare rounding ties). Float input (already in [0, 1]) is
+    filtered the same way but not quantised (only clipped). Runs on the tensor's device.
 
     Args:
         images: uint8 B×F×3×H×W (or float in [0, 1]).
@@ -75,17 +154,20 @@ def make_pyramid(images: torch.Tensor, scales: Sequence[int]) -> dict[int, torch
     """
     if images.dim() != 5 or images.shape[2] != 3:
         raise ValueError(f"images must be B×F×3×H×W, got {tuple(images.shape)}")
-    base = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    quantise = images.dtype == torch.uint8
+    base = images.float() / 255.0 if quantise else images.float()
     b, f, c, h, w = base.shape
-    flat = base.reshape(b * f, c, h, w)
     out: dict[int, torch.Tensor] = {}
-    for s in scales:
-        if s == 0:
-            out[0] = base
-            continue
-        size = (h // 2**s, w // 2**s)
-        out[s] = F.interpolate(flat, size=size, mode="area").reshape(b, f, c, *size)
-    return out
+    if 0 in scales:
+        out[0] = base
+    levels = base * 255.0
+    for s in range(1, max(scales, default=0) + 1):
+        levels = _halve(levels, (h // 2**s, w // 2**s), quantise)
+        if not quantise:
+            levels = levels.clamp(0.0, 255.0)
+        if s in scales:
+            out[s] = levels / 255.0
+    return {s: out[s] for s in scales}
 
 
 def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
