@@ -181,18 +181,26 @@ def train_cmd(
     Exit codes: 0 finished, 1 failed (non-finite loss or error), 3 blocked (ImageNet weights missing),
     4 busy (another process trains this run), 75 interrupted (checkpoint written; run again to resume).
     """
-    from md2bench import trainer
-    from md2bench.config import ConfigError, load_config
-    from md2bench.models.encoder import WeightsNotFoundError
-    from md2bench.tracking import MLflowTracker
+    import signal
+
+    # Until fit installs its own handlers, SIGTERM (the orchestrator's or Slurm's stop) acts as Ctrl-C: a stop
+    # during the imports exits 75 (interrupted, resumable) rather than dying of the signal or click's exit 1.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        from md2bench import trainer
+        from md2bench.config import ConfigError, load_config
+        from md2bench.models.encoder import WeightsNotFoundError
+        from md2bench.tracking import MLflowTracker
+    except KeyboardInterrupt:
+        _fail("interrupted during start-up; run the same command to resume", 75)  # trainer.EXIT_INTERRUPTED
 
     source, overrides = _split_config_args(list(args or []))
     try:
         cfg = load_config(source, overrides)
     except ConfigError as exc:
         _fail(str(exc))
-    tracker = MLflowTracker(tracking_uri)
     try:
+        tracker = MLflowTracker(tracking_uri)
         result = trainer.fit(
             cfg, tracker, experiment=experiment, run_name=run_name, tags=_parse_tags(list(tag or [])),
             parent_run_id=parent_run_id, resume=resume, progress=progress,

@@ -776,7 +776,8 @@ def _finish(
     """Record a child's exit; True when the run should be queued again."""
     o, spec = a.outcome, a.outcome.spec
     o.returncode = code
-    if code == EXIT_OK:
+    if code == EXIT_OK or (stopping and (spec.run_dir / DONE_MARKER).is_file()):
+        # (a stop that lands after the trainer wrote DONE, while it prints its summary, finished the run)
         o.state, o.message = FINISHED, ""
         display.event(f"done   {spec.run_name} ({spec.run_key}) in {_fmt_duration(time.monotonic() - a.started)}")
         return False
@@ -790,9 +791,12 @@ def _finish(
         return False
     if stopping:
         o.state = KILLED
-        o.message = "interrupted; its checkpoint resumes it next time" if code == EXIT_INTERRUPTED else (
-            f"stopped (exit {code})"
-        )
+        if code == EXIT_INTERRUPTED:
+            o.message = "interrupted; its checkpoint resumes it next time"
+        elif code < 0:  # the signal arrived before the trainer could catch it (interpreter start-up)
+            o.message = f"stopped by {_signal_name(-code)} during start-up; the next invocation resumes it"
+        else:
+            o.message = f"stopped (exit {code}); the next invocation resumes it from its last checkpoint"
         _mark_killed(tracker, experiment, spec)
         display.event(f"killed {spec.run_name} ({spec.run_key}): {o.message}")
         return False
@@ -809,6 +813,13 @@ def _finish(
     display.event(f"FAILED {spec.run_name} ({spec.run_key}) {what}; log: {spec.run_dir / STDOUT_LOG}\n"
                   f"{_indent(o.message)}")
     return False
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def _mark_killed(tracker: MLflowTracker, experiment: str, spec: RunSpec) -> None:

@@ -149,6 +149,11 @@ def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+    # A stop request is the main process's business: the orchestrator and Slurm SIGTERM the whole process group,
+    # and torch's worker handler would let the worker die of it, which makes the main process fail with
+    # "DataLoader worker ... is killed by signal: Terminated" instead of checkpointing (exit 1, not 75).
+    # The main process shuts its workers down when it stops; a SIGKILL of the group still ends them.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
@@ -645,12 +650,25 @@ def fit(
             for name in (DONE_NAME, CHECKPOINT_NAME):
                 (run_dir / name).unlink(missing_ok=True)
         logger, handler = _make_logger(run_dir, cfg.run_key)
+        # Installed before start-up (data, networks, MLflow), not just before the loop: a stop request that
+        # arrives while the run starts is then an interruption (KILLED, exit 75), not a crash.
+        stop = _StopFlag()
+        stop.install()
         try:
             return _fit_locked(
-                cfg, tracker, run_dir, logger, experiment=experiment, run_name=run_name, tags=tags,
+                cfg, tracker, run_dir, logger, stop, experiment=experiment, run_name=run_name, tags=tags,
                 parent_run_id=parent_run_id, epoch_callback=epoch_callback, progress=progress,
             )
+        except Exception as exc:
+            if stop.signal is None:
+                raise
+            # Start-up broke because of the stop (e.g. SIGTERM reached a helper process): still an interruption.
+            message = (f"interrupted by {stop.name} during start-up ({type(exc).__name__}: {exc}); "
+                       "run again to resume")
+            logger.warning(message)
+            return RunResult("KILLED", None, run_dir, message=message)
         finally:
+            stop.restore()
             logger.removeHandler(handler)
             handler.close()
 
@@ -660,6 +678,7 @@ def _fit_locked(
     tracker: Any,
     run_dir: Path,
     logger: logging.Logger,
+    stop: _StopFlag,
     *,
     experiment: str,
     run_name: str | None,
@@ -747,6 +766,11 @@ def _fit_locked(
         same_run = stored.run_key == cfg.run_key
         logger.info("resuming %s at epoch %d, batch %d, step %d", ckpt_path, pos.epoch, pos.batch, pos.step)
 
+    if stop.signal is not None:  # stopped during start-up: leave no MLflow run, keep any checkpoint as it is
+        message = f"interrupted by {stop.name} during start-up (step {pos.step}); run again to resume"
+        logger.warning(message)
+        return RunResult("KILLED", None, run_dir, {}, val_history, pos.step, message)
+
     # ----- tracking
     run = None
     if tracker is not None:
@@ -810,8 +834,6 @@ def _fit_locked(
                     ", ".join(f"{k}={v:.4g}" for k, v in out.metrics.items()))
         return out.metrics
 
-    stop = _StopFlag()
-    stop.install()
     bar = tqdm(total=total_steps * cfg.train.batch_size, initial=pos.step * cfg.train.batch_size, unit="img",
                unit_scale=True, dynamic_ncols=True, disable=not progress, desc=cfg.name)
     pruned = False
@@ -909,14 +931,21 @@ def _fit_locked(
         return RunResult("FAILED", run_id, run_dir, {}, val_history, pos.step, message)
     except BaseException as exc:
         bar.close()
+        if stop.signal is not None and isinstance(exc, Exception):
+            # The stop broke the step in flight (e.g. a loader worker killed by the same signal): the state in
+            # memory may be half-updated, so no checkpoint now; resume continues from the last one on disk.
+            message = (f"interrupted by {stop.name} at step {pos.step} ({type(exc).__name__}: {exc}); "
+                       "resume continues from the last checkpoint")
+            logger.warning(message)
+            with contextlib.suppress(Exception):
+                end_run("KILLED")
+            return RunResult("KILLED", run_id, run_dir, {}, val_history, pos.step, message)
         logger.exception("run failed: %s", exc)
         if run is not None:
             with contextlib.suppress(Exception):
                 run.set_tags({"md2bench.failure": f"{type(exc).__name__}: {exc}"[:5000]})
                 end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
-    finally:
-        stop.restore()
 
 
 def _run_tags(cfg: Config, device: torch.device, extra: Mapping[str, Any] | None) -> dict[str, str]:

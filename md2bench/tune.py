@@ -549,6 +549,8 @@ def make_objective(spec: WorkerSpec, tracker: MLflowTracker) -> Callable[[Any], 
         state = {"FINISHED": "COMPLETE", "PRUNED": "PRUNED"}.get(result.status, "FAIL")
         if result.run_id:
             tracker.client.set_tag(result.run_id, TAG + "trial_state", state)
+        if result.status == "KILLED":  # Ctrl-C / SIGTERM: checkpoint written; stop tuning, resume it next time
+            raise TrialInterrupted(trial.number, result.message)
         if state == "PRUNED":
             raise optuna.TrialPruned(result.message)
         if state == "FAIL":
@@ -561,6 +563,15 @@ def make_objective(spec: WorkerSpec, tracker: MLflowTracker) -> Callable[[Any], 
         return value
 
     return objective
+
+
+class TrialInterrupted(KeyboardInterrupt):
+    """A trial's training was stopped by SIGINT/SIGTERM (it checkpointed): the worker stops, and the trial is
+    re-queued so that the next invocation resumes its checkpoint instead of counting it as failed."""
+
+    def __init__(self, number: int, message: str) -> None:
+        super().__init__(f"trial {number} interrupted: {message}")
+        self.number = number
 
 
 def run_worker(spec: WorkerSpec) -> int:
@@ -579,7 +590,12 @@ def run_worker(spec: WorkerSpec) -> int:
         reap_stale_trials(study, spec.grace_s, spec.max_retry)
         if finished_count(study) >= spec.target:
             break
-        study.optimize(objective, n_trials=1, catch=(RuntimeError,), gc_after_trial=True)
+        try:
+            study.optimize(objective, n_trials=1, catch=(RuntimeError,), gc_after_trial=True)
+        except TrialInterrupted as exc:  # Optuna marked it FAIL; queue its retry (same folder, resumes)
+            frozen = study.get_trials(deepcopy=False)[exc.number]
+            _retry_callback(spec.max_retry)(study, study._storage.get_trial(frozen._trial_id))  # noqa: SLF001
+            raise
         attempts += 1
     return attempts
 

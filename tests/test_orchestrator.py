@@ -369,3 +369,33 @@ def test_slurm_backend_through_submitits_local_executor(tmp_path: Path, monkeypa
     again = run_grid_slurm(grid, rows=["baseline"], tracking_uri=_uri(tmp_path), folder=tmp_path / "slurm",
                            gpus_per_run=0, cluster="local", wait=True, stream=io.StringIO())
     assert [o.state for o in again.outcomes] == [SKIPPED]
+
+
+def test_a_stopped_child_is_killed_unless_it_had_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C: a child that died of the signal during start-up is KILLED with a readable reason; one whose stop
+    landed after it wrote DONE (while printing its summary) counts as finished, as the next invocation will."""
+    from md2bench import orchestrator as orch
+
+    monkeypatch.chdir(tmp_path)
+    specs = load_grid(_grid_file(tmp_path, """
+        [[rows]]
+        name = "early"
+        [[rows]]
+        name = "late"
+        set = { "train.lr" = 2e-4 }
+    """)).expand()
+    tracker = MLflowTracker(_uri(tmp_path))
+    display = Display(io.StringIO(), live=False)
+    states = {}
+    for spec, code in zip(specs, (-signal.SIGTERM, 1)):
+        spec.run_dir.mkdir(parents=True)
+        if spec.row == "late":
+            (spec.run_dir / "DONE").write_text("{}")
+        proc = subprocess.Popen([sys.executable, "-c", "pass"])
+        proc.wait()
+        active = orch._Active(RunOutcome(spec, attempts=1), orch.Slot("cpu", None, 0), proc, None,
+                              tmp_path / "x.toml", time.monotonic())
+        assert orch._finish(active, code, True, 1, tracker, "g", display) is False  # stopping: never retried
+        states[spec.row] = (active.outcome.state, active.outcome.message)
+    assert states["early"][0] == "killed" and "SIGTERM during start-up" in states["early"][1]
+    assert states["late"] == (FINISHED, "")

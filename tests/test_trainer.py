@@ -333,3 +333,85 @@ def test_every_ablation_flag_trains_one_step(worlds: dict[str, Path], tmp_path: 
     assert result.status == "FINISHED" and result.steps == 1, result.message
     assert math.isfinite(result.test_metrics["test/abs_rel"])
     assert math.isfinite(result.val_history[-1]["val/loss"])
+
+
+# ============================================================================================ stop signals as a grid sends them
+def _train_process(world: Path, out: Path, uri: str, *overrides: str) -> Any:
+    """``md2bench train`` in its own session (as the orchestrator and Slurm start it), so its group is signalable."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "md2bench", "train", "tiny", f"data.path={world}", f"train.out_dir={out}",
+           *overrides, "--tracking-uri", uri, "--no-progress"]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _wait_for(proc: Any, ready: Any, what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + 300
+    while not ready():
+        assert proc.poll() is None, f"the trainer exited before {what}: {proc.communicate()[0]}"
+        assert time.monotonic() < deadline, f"the trainer never reached {what}"
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_group_sigterm_with_loader_workers_checkpoints_and_exits_75(worlds: dict[str, Path], tmp_path: Path) -> None:
+    """The orchestrator and Slurm SIGTERM the trainer's whole process group, loader workers included. A worker
+    must not die of it (the trainer would then fail with "DataLoader worker ... killed by signal", exit 1):
+    the trainer finishes its step, checkpoints and exits 75, and its MLflow run is KILLED."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    MlflowClient(uri).search_experiments()  # create the store first (a stop mid-migration would corrupt it)
+    # mini world: 5 items, batch 2 -> 2 steps per epoch; 500 epochs outlast the signal by far.
+    cfg = tiny_cfg(worlds["mini"], tmp_path / "runs", "train.epochs=500", "train.max_steps=0", "data.num_workers=1")
+    log = tmp_path / "runs" / cfg.run_key / trainer.LOG_NAME
+    proc = _train_process(worlds["mini"], tmp_path / "runs", uri, "train.epochs=500", "train.max_steps=0",
+                          "data.num_workers=1")
+    try:
+        _wait_for(proc, lambda: log.is_file() and "INFO step 1 " in log.read_text(), "its first step")
+        os.killpg(proc.pid, signal.SIGTERM)
+        output = proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == trainer.EXIT_INTERRUPTED, output
+    assert "killed by signal" not in output and "KILLED: interrupted by SIGTERM" in output
+    state = load_checkpoint(log.parent / trainer.CHECKPOINT_NAME)
+    assert state["step"] >= 1  # the stop-point checkpoint, not an epoch-end one from before the signal only
+    (run,) = MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()])
+    assert run.info.status == "KILLED"
+
+
+@pytest.mark.slow
+def test_sigterm_during_start_up_is_an_interruption(worlds: dict[str, Path], tmp_path: Path) -> None:
+    """A stop that lands while the trainer starts (imports, data, networks: before the training loop) exits 75,
+    resumable, not "failed" and not killed by the signal; it leaves no FAILED MLflow run and no DONE marker."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    MlflowClient(uri).search_experiments()
+    cfg = tiny_cfg(worlds["mini"], tmp_path / "runs", "data.num_workers=1")
+    run_dir = tmp_path / "runs" / cfg.run_key
+    proc = _train_process(worlds["mini"], tmp_path / "runs", uri, "data.num_workers=1")
+    try:
+        # The lock file appears as fit starts, before the data, networks and MLflow run are set up.
+        _wait_for(proc, lambda: (run_dir / trainer.LOCK_NAME).is_file(), "fit")
+        os.killpg(proc.pid, signal.SIGTERM)
+        output = proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == trainer.EXIT_INTERRUPTED, output
+    assert not (run_dir / trainer.DONE_NAME).exists()
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert all(r.info.status == "KILLED" for r in runs), [r.info.status for r in runs]
+    # ... and the next invocation trains it to the end.
+    done = trainer.fit(cfg, progress=False)
+    assert done.status == "FINISHED" and done.steps == 2  # 5 items // batch 2 = 2 steps in the one epoch

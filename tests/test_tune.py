@@ -227,3 +227,58 @@ def test_exported_config_loads_and_trains(study_env: dict[str, Any]) -> None:
     result = fit(cfg.override({"train.max_steps": 1, "train.out_dir": str(study_env["base"] / "best-run")}),
                  progress=False)
     assert result.status == "FINISHED" and result.steps == 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_study_and_the_next_invocation_resumes_the_trial(study_env: dict[str, Any]) -> None:
+    """Ctrl-C during a trial: the trainer checkpoints and returns KILLED; the study stops there (it does not go
+    on to the next trial) and the trial is re-queued, so running the command again resumes its checkpoint."""
+    import signal
+    import threading
+    import time
+
+    from optuna.trial import TrialState
+
+    base = study_env["base"]
+    # 4 epochs of 1-2 steps (5 items, batch 3 or 2): the watcher signals at the first step, a few remain.
+    overrides = [*study_env["overrides"], "train.epochs=4", "train.val_batches=1"]
+    logs = base / "runs" / "tune" / "ctrl-c"
+    sent = threading.Event()
+
+    def interrupt_at_first_step() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if any("INFO step 1 " in p.read_text() for p in logs.glob("trial-*/*/train.log")):
+                os.kill(os.getpid(), signal.SIGINT)  # the trainer's handler (main thread) sets its stop flag
+                sent.set()
+                return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=interrupt_at_first_step, daemon=True)
+    watcher.start()
+    try:
+        tune.run_study("tiny", study_env["space"], study_name="ctrl-c", trials=2, overrides=overrides,
+                       tracking_uri=study_env["uri"], gpus="cpu", seed=0)
+    except KeyboardInterrupt:
+        pass
+    else:
+        watcher.join()
+        assert not sent.is_set(), "Ctrl-C during a trial did not stop the study"
+        pytest.skip("both trials finished before the signal arrived (machine too fast)")
+    watcher.join()
+    import optuna
+
+    study = optuna.load_study(study_name="ctrl-c", storage=tune.make_storage(tune.normalise_storage(
+        None, study_env["uri"])))
+    trials = study.get_trials()
+    # One trial ran (FAIL, as Optuna records an interruption) and was re-queued; no second trial was started.
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[1].system_attrs["failed_trial"] == 0 and trials[1].params == trials[0].params
+    (checkpoint,) = logs.glob("trial-0000/*/checkpoint.pt")
+
+    # Again: the re-queued trial resumes trial 0's checkpoint (same folder, same run_key) and completes.
+    result = tune.run_study("tiny", study_env["space"], study_name="ctrl-c", trials=1, overrides=overrides,
+                            tracking_uri=study_env["uri"], gpus="cpu", seed=0)
+    assert [t.state for t in result.trials][:2] == [TrialState.FAIL, TrialState.COMPLETE]
+    log = next(logs.glob("trial-0000/*/train.log")).read_text()
+    assert "resuming" in log and checkpoint.is_file()
