@@ -11,9 +11,12 @@ Examples:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import typer
+
+if TYPE_CHECKING:
+    from md2bench.config import Config
 
 app = typer.Typer(
     help="md2bench: reproduce, extend and trust the Monodepth2 ablation study.",
@@ -89,11 +92,39 @@ def data_prepare_kitti(
         raise typer.Exit(1)
 
 
+# --------------------------------------------------------------------------------------------- config arguments
+def _config_args() -> typer.models.ArgumentInfo:
+    """The ``[CONFIG] [KEY=VALUE]...`` positional shared by train, tune and bench."""
+    return typer.Argument(
+        None, metavar="[CONFIG] [KEY=VALUE]...",
+        help="A TOML file or preset (paper, synth, tiny; default synth), then dotted overrides.",
+    )
+
+
+def _split_config_args(args: List[str]) -> tuple[Optional[str], List[str]]:
+    """``[CONFIG] [key=value ...]``: a first positional containing '=' means no config was given."""
+    if not args:
+        return None, []
+    if "=" in args[0]:
+        return None, list(args)
+    return args[0], list(args[1:])
+
+
+def _load_config_args(args: Optional[List[str]], extra: Sequence[str] = ()) -> "Config":
+    """Config from ``[CONFIG] [KEY=VALUE]...`` plus ``extra`` overrides; a bad config exits 2 with its message."""
+    from md2bench.config import ConfigError, load_config
+
+    source, overrides = _split_config_args(list(args or []))
+    try:
+        return load_config(source, overrides + list(extra))
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
 # --------------------------------------------------------------------------------------------- bench
 @app.command("bench")
 def bench_cmd(
-    config: Optional[str] = typer.Argument(None, help="Config TOML or preset name (default: synth)."),
-    overrides: Optional[List[str]] = typer.Argument(None, help="Dotted key=value overrides."),
+    args: Optional[List[str]] = _config_args(),
     height: Optional[int] = typer.Option(None, help="Input height (overrides data.height)."),
     width: Optional[int] = typer.Option(None, help="Input width (overrides data.width)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size (overrides train.batch_size)."),
@@ -109,20 +140,10 @@ def bench_cmd(
     Example: md2bench bench synth --height 96 --width 320 --batch-size 8 --device cpu --json
     """
     from md2bench import bench
-    from md2bench.config import ConfigError, load_config
 
-    extra = [o for o in (overrides or [])]
-    if config is not None and "=" in config:
-        extra.insert(0, config)
-        config = None
-    for key, value in (("data.height", height), ("data.width", width), ("train.batch_size", batch_size),
-                       ("train.device", device)):
-        if value is not None:
-            extra.append(f"{key}={value}")
-    try:
-        cfg = load_config(config, extra)
-    except ConfigError as exc:
-        _fail(str(exc))
+    options = (("data.height", height), ("data.width", width), ("train.batch_size", batch_size),
+               ("train.device", device))
+    cfg = _load_config_args(args, [f"{key}={value}" for key, value in options if value is not None])
     result = bench.run_benchmark(
         cfg, steps=steps, warmup=warmup, parts=[p.strip() for p in parts.split(",") if p.strip()],
         concurrent=[int(k) for k in concurrent.split(",") if k.strip()],
@@ -135,13 +156,6 @@ def bench_cmd(
 
 
 # --------------------------------------------------------------------------------------------- train / evaluate
-def _split_config_args(args: List[str]) -> tuple[Optional[str], List[str]]:
-    """``[CONFIG] [key=value ...]``: a first positional containing '=' means no config was given."""
-    if not args:
-        return None, []
-    if "=" in args[0]:
-        return None, list(args)
-    return args[0], list(args[1:])
 
 
 def _parse_tags(items: List[str]) -> dict[str, str]:
@@ -162,10 +176,7 @@ def _parse_tags(items: List[str]) -> dict[str, str]:
     "md2bench train paper data.path=/data/kitti --run-name baseline/seed0 --tag grid=paper",
 )
 def train_cmd(
-    args: Optional[List[str]] = typer.Argument(
-        None, metavar="[CONFIG] [KEY=VALUE]...",
-        help="A TOML file or preset (paper, synth, tiny; default synth), then dotted overrides.",
-    ),
+    args: Optional[List[str]] = _config_args(),
     tracking_uri: Optional[str] = typer.Option(
         None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)."
     ),
@@ -188,17 +199,12 @@ def train_cmd(
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         from md2bench import trainer
-        from md2bench.config import ConfigError, load_config
         from md2bench.models.encoder import WeightsNotFoundError
         from md2bench.tracking import MLflowTracker
     except KeyboardInterrupt:
         _fail("interrupted during start-up; run the same command to resume", 75)  # trainer.EXIT_INTERRUPTED
 
-    source, overrides = _split_config_args(list(args or []))
-    try:
-        cfg = load_config(source, overrides)
-    except ConfigError as exc:
-        _fail(str(exc))
+    cfg = _load_config_args(args)
     try:
         tracker = MLflowTracker(tracking_uri)
         result = trainer.fit(
@@ -368,10 +374,7 @@ def report_cmd(
     "--export best.toml   (run the same command again to add 20 more trials)",
 )
 def tune_cmd(
-    args: Optional[List[str]] = typer.Argument(
-        None, metavar="[CONFIG] [KEY=VALUE]...",
-        help="A TOML file or preset (paper, synth, tiny; default synth), then dotted overrides.",
-    ),
+    args: Optional[List[str]] = _config_args(),
     space: Path = typer.Option(..., "--space", help="Search-space TOML (see experiments/search-space.toml)."),
     trials: int = typer.Option(..., "--trials", help="Finished trials (complete or pruned) to add."),
     study: str = typer.Option(..., "--study", help="Optuna study name (also the MLflow experiment)."),

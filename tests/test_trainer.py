@@ -359,6 +359,17 @@ def _wait_for(proc: Any, ready: Any, what: str) -> None:
         time.sleep(0.01)
 
 
+def _sigterm_group_when(proc: Any, ready: Any, what: str) -> str:
+    """SIGTERM the trainer's whole process group once ``ready()`` holds; return its output after it exits."""
+    try:
+        _wait_for(proc, ready, what)
+        os.killpg(proc.pid, signal.SIGTERM)
+        return proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 @pytest.mark.slow
 def test_group_sigterm_with_loader_workers_checkpoints_and_exits_75(worlds: dict[str, Path], tmp_path: Path) -> None:
     """The orchestrator and Slurm SIGTERM the trainer's whole process group, loader workers included. A worker
@@ -373,13 +384,7 @@ def test_group_sigterm_with_loader_workers_checkpoints_and_exits_75(worlds: dict
     log = tmp_path / "runs" / cfg.run_key / trainer.LOG_NAME
     proc = _train_process(worlds["mini"], tmp_path / "runs", uri, "train.epochs=500", "train.max_steps=0",
                           "data.num_workers=1")
-    try:
-        _wait_for(proc, lambda: log.is_file() and "INFO step 1 " in log.read_text(), "its first step")
-        os.killpg(proc.pid, signal.SIGTERM)
-        output = proc.communicate(timeout=300)[0]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    output = _sigterm_group_when(proc, lambda: log.is_file() and "INFO step 1 " in log.read_text(), "its first step")
     assert proc.returncode == trainer.EXIT_INTERRUPTED, output
     assert "killed by signal" not in output and "KILLED: interrupted by SIGTERM" in output
     state = load_checkpoint(log.parent / trainer.CHECKPOINT_NAME)
@@ -399,14 +404,8 @@ def test_sigterm_during_start_up_is_an_interruption(worlds: dict[str, Path], tmp
     cfg = tiny_cfg(worlds["mini"], tmp_path / "runs", "data.num_workers=1")
     run_dir = tmp_path / "runs" / cfg.run_key
     proc = _train_process(worlds["mini"], tmp_path / "runs", uri, "data.num_workers=1")
-    try:
-        # The lock file appears as fit starts, before the data, networks and MLflow run are set up.
-        _wait_for(proc, lambda: (run_dir / trainer.LOCK_NAME).is_file(), "fit")
-        os.killpg(proc.pid, signal.SIGTERM)
-        output = proc.communicate(timeout=300)[0]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    # The lock file appears as fit starts, before the data, networks and MLflow run are set up.
+    output = _sigterm_group_when(proc, lambda: (run_dir / trainer.LOCK_NAME).is_file(), "fit")
     assert proc.returncode == trainer.EXIT_INTERRUPTED, output
     assert not (run_dir / trainer.DONE_NAME).exists()
     client = MlflowClient(uri)
