@@ -75,32 +75,42 @@ def _time_steps(step: Callable[[], None], device: torch.device, steps: int, warm
     return times
 
 
-def measure_train(cfg: Config, steps: int = 10, warmup: int = 3, formulation: str = "optimised") -> dict[str, Any]:
-    """Images/s of the full training step with data in memory (see module docstring)."""
+def make_train_step(cfg: Config, formulation: str = "optimised") -> Callable[[], None]:
+    """One full training step on an in-memory batch (models, optimiser and batch built once), as a closure.
+
+    The optimised formulation is the trainer's own ``train_step`` with the networks prepared and the optimiser
+    built as ``fit`` does (memory format, compilation, fused Adam, autocast), so the benchmark times what
+    training runs. ``formulation="reference"`` computes the same loss with ``method.reference_loss``.
+    """
     from md2bench import method
     from md2bench.models import build_models
+    from md2bench.trainer import autocast_for, make_optimizer, prepare_models, train_step
 
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
-    models = build_models(cfg).to(device)
-    if device.type == "cuda" and cfg.train.channels_last:
-        models = models.to(memory_format=torch.channels_last)
+    models = prepare_models(build_models(cfg), cfg, device)
     models.train()
-    optimiser = torch.optim.Adam(models.parameters(), lr=cfg.train.lr)
+    optimiser = make_optimizer(models, cfg)
     batch = make_batch(cfg)
-    use_amp = device.type == "cuda" and cfg.train.amp == "bf16"
 
     def step() -> None:
+        if formulation == "optimised":
+            train_step(models, optimiser, batch, cfg, device, step=1)
+            return
         optimiser.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-            if formulation == "optimised":
-                loss = method.training_loss(models, batch, cfg, device)[0]
-            else:  # same forward pass, the loss computed the reference's way (per source, per scale)
-                inputs = method.prepare_inputs(batch, cfg, device)
-                loss = method.reference_loss(method.forward(models, inputs, cfg), inputs, cfg)[0]
+        with autocast_for(device, cfg):  # same forward pass, the loss the reference's way (per source, scale)
+            inputs = method.prepare_inputs(batch, cfg, device)
+            loss = method.reference_loss(method.forward(models, inputs, cfg), inputs, cfg)[0]
         loss.backward()
         optimiser.step()
 
+    return step
+
+
+def measure_train(cfg: Config, steps: int = 10, warmup: int = 3, formulation: str = "optimised") -> dict[str, Any]:
+    """Images/s of the full training step with data in memory (see module docstring)."""
+    device = resolve_device(cfg.train.device)
+    step = make_train_step(cfg, formulation)
     times = _time_steps(step, device, steps, warmup)
     median = statistics.median(times)
     result = {"images_per_s": cfg.train.batch_size / median, "median_step_s": median, "steps": steps}
@@ -178,7 +188,10 @@ def run_benchmark(
         "height": cfg.data.height,
         "width": cfg.data.width,
         "batch_size": cfg.train.batch_size,
-        "amp": cfg.train.amp if device.type == "cuda" else "off (cpu)",
+        "amp": cfg.train.amp if device.type == "cuda" or cfg.train.cpu_amp else "off (cpu)",
+        "channels_last": cfg.train.channels_last,
+        "compile": cfg.train.compile,
+        "compile_loss": cfg.train.compile_loss,
         "config": cfg.flat(),
         "run_key": cfg.run_key,
     }

@@ -19,6 +19,7 @@ pixels, and the SSIM variances (differences of squares) would lose all precision
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -272,10 +273,39 @@ def compute_loss(outputs: Outputs, inputs: Inputs, cfg: Config) -> tuple[Tensor,
         won), and ``automask`` (that fraction at scale 0) when auto-masking is on.
     """
     with _no_autocast(inputs.aug.device):
-        return _compute_loss_fp32(outputs, inputs, cfg)
+        noise = _draw_tiebreak_noise(inputs, cfg)
+        loss_fn = _compiled_loss() if cfg.train.compile_loss else _compute_loss_fp32
+        return loss_fn(outputs, inputs, cfg, noise)
 
 
-def _compute_loss_fp32(outputs: Outputs, inputs: Inputs, cfg: Config) -> tuple[Tensor, dict[str, Tensor]]:
+def _draw_tiebreak_noise(inputs: Inputs, cfg: Config) -> list[Tensor]:
+    """The auto-masking tie-break noise of every loss scale, drawn in the order the loss uses it.
+
+    Drawn here, outside the (optionally compiled) loss, from the device's default generator (seeded by the
+    trainer): one standard-normal tensor per loss scale shaped like that scale's identity errors.
+    """
+    loss_cfg = cfg.loss
+    if not loss_cfg.automask or loss_cfg.automask_noise <= 0:
+        return []
+    work = {s: (s if loss_cfg.multiscale == "per_scale" else 0) for s in cfg.loss_scales}
+    frames = inputs.raw[0]
+    channels = len(cfg.source_ids) if loss_cfg.reprojection == "min" else 1
+    noise = []
+    for s in cfg.loss_scales:
+        height, width = inputs.raw[work[s]].shape[-2:]
+        noise.append(torch.randn(frames.shape[0], channels, height, width, device=frames.device))
+    return noise
+
+
+@functools.cache
+def _compiled_loss() -> Any:
+    """``torch.compile`` of the fp32 loss, built once per process (dynamo caches one graph per config)."""
+    return torch.compile(_compute_loss_fp32, dynamic=False)
+
+
+def _compute_loss_fp32(
+    outputs: Outputs, inputs: Inputs, cfg: Config, noise: list[Tensor]
+) -> tuple[Tensor, dict[str, Tensor]]:
     loss_cfg = cfg.loss
     scales = cfg.loss_scales
     raw = {s: inputs.raw[s].float() for s in _needed_scales(cfg)}
@@ -317,9 +347,10 @@ def _compute_loss_fp32(outputs: Outputs, inputs: Inputs, cfg: Config) -> tuple[T
             identity = photometric_error(sources, target, loss_cfg.ssim, loss_cfg.ssim_weight)
         for g, s in enumerate(group):
             mask = _resize_to(masks[s], size) if masks is not None else None
-            # generator None: the noise comes from the device's default generator, seeded by the trainer
+            # the tie-break noise was drawn by compute_loss, from the device generator the trainer seeds
             photometric, diag = reprojection_loss(
-                errors[g], identity, loss_cfg.reprojection, loss_cfg.automask_noise, None, mask  # type: ignore
+                errors[g], identity, loss_cfg.reprojection, loss_cfg.automask_noise, None, mask,  # type: ignore
+                noise=noise[scales.index(s)] if noise else None,
             )
             term = photometric
             if mask is not None:

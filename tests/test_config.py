@@ -134,6 +134,20 @@ def test_run_key_tracks_semantic_fields_only() -> None:
         assert cfg.override(same).run_key == cfg.run_key, same
 
 
+# Run keys handed out by earlier versions (commit f89b1e8): finished runs are found (and skipped) by these keys,
+# so adding an option at its old implicit value must not change them.
+EARLIER_KEYS = {"paper": "2a3f4a1eca86", "synth": "a4e561886f32", "tiny": "53ce646adbad"}
+
+
+@pytest.mark.parametrize("name", sorted(EARLIER_KEYS))
+def test_run_keys_survive_options_added_later(name: str) -> None:
+    cfg = load_config(name)
+    assert cfg.run_key == EARLIER_KEYS[name]
+    # the later options: compile_loss computes the same loss (not in the key), cpu_amp does not (in the key)
+    assert cfg.override({"train.compile_loss": True}).run_key == cfg.run_key
+    assert cfg.override({"train.cpu_amp": True}).run_key != cfg.run_key
+
+
 def test_missing_config_file_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match="neither a file nor a preset"):
         load_config("no/such/file.toml")

@@ -209,3 +209,71 @@ def test_separable_pool_equals_average_pooling() -> None:
     patch = torch.full((1, 3, 3), 5.0)
     patch[0, 1, 1] = 14.0
     assert _pool3x3(patch)[0, 1, 1].item() == pytest.approx(6.0)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 7, 9), (1, 2, 3), (4, 5, 2)])
+def test_pool_adjoint_is_the_transpose_of_the_pool(shape: tuple[int, ...]) -> None:
+    # <pool(t), g> = <t, pool*(g)> for random t, g: the definition of the adjoint (borders and corners included)
+    from md2bench.losses import _pool3x3, _pool3x3_adjoint
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.rand(shape, dtype=torch.float64, generator=g)
+    grad = torch.rand(shape, dtype=torch.float64, generator=g)
+    lhs = (_pool3x3(t) * grad).sum()
+    rhs = (t * _pool3x3_adjoint(grad)).sum()
+    assert lhs.item() == pytest.approx(rhs.item(), rel=1e-12)
+    # and it is what autograd computes for the pool
+    t.requires_grad_()
+    (auto,) = torch.autograd.grad((_pool3x3(t) * grad).sum(), t)
+    torch.testing.assert_close(_pool3x3_adjoint(grad), auto, rtol=1e-12, atol=1e-12)
+
+
+def test_fused_ssim_gradient_passes_gradcheck() -> None:
+    from md2bench.losses import _SSIMErrorFunction
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 2, 3, 5, 6, dtype=torch.float64, generator=g).requires_grad_()
+    y = torch.rand(2, 1, 3, 5, 6, dtype=torch.float64, generator=g)
+    assert torch.autograd.gradcheck(lambda a: _SSIMErrorFunction.apply(a, y), (x,))
+
+
+def test_fused_ssim_equals_autograd_through_the_formula() -> None:
+    # float32 at a training-like shape: warped sources (with grad) against a broadcast target; the clamp's
+    # boundaries included (an image against itself gives an error of exactly 0 on some pixels).
+    from md2bench.losses import _ssim_error_formula
+
+    g = torch.Generator().manual_seed(2)
+    target = torch.rand(3, 1, 3, 16, 20, generator=g)
+    x = torch.cat([torch.rand(3, 2, 3, 16, 20, generator=g), target], dim=1).requires_grad_()
+    upstream = torch.rand(3, 3, 3, 16, 20, generator=g)
+    fused = ssim_error(x, target)
+    (grad_fused,) = torch.autograd.grad((fused * upstream).sum(), x)
+    plain = _ssim_error_formula(x, target)
+    (grad_plain,) = torch.autograd.grad((plain * upstream).sum(), x)
+    assert fused.grad_fn is not None and "SSIMErrorFunction" in type(fused.grad_fn).__name__
+    torch.testing.assert_close(fused, plain, rtol=0, atol=0)
+    torch.testing.assert_close(grad_fused, grad_plain, rtol=1e-4, atol=1e-6)
+
+
+def test_ssim_error_differentiates_the_target_when_it_needs_a_gradient() -> None:
+    # the fused path only covers gradients of x; a target that needs one goes through autograd
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(1, 3, 6, 7, generator=g).requires_grad_()
+    y = torch.rand(1, 3, 6, 7, generator=g).requires_grad_()
+    gx, gy = torch.autograd.grad(ssim_error(x, y).sum(), (x, y))
+    gy_swapped, gx_swapped = torch.autograd.grad(ssim_error(y, x).sum(), (y, x))  # SSIM is symmetric
+    torch.testing.assert_close(gy, gy_swapped)
+    torch.testing.assert_close(gx, gx_swapped)
+    assert gy.abs().sum() > 0
+
+
+def test_given_noise_is_used_instead_of_a_draw() -> None:
+    g = torch.Generator().manual_seed(4)
+    errors = torch.rand(2, 2, 4, 5, generator=g)
+    identity = torch.rand(2, 2, 4, 5, generator=g)
+    noise = torch.randn(2, 2, 4, 5, generator=torch.Generator().manual_seed(9))
+    drawn, _ = reprojection_loss(errors, identity, "min", 0.3, torch.Generator().manual_seed(9))
+    given, _ = reprojection_loss(errors, identity, "min", 0.3, None, noise=noise)
+    assert given.item() == drawn.item()
+    with pytest.raises(ValueError, match="noise must have shape"):
+        reprojection_loss(errors, identity, "avg", 0.3, noise=noise)

@@ -112,6 +112,55 @@ def test_nonfinite_terms_names_loss_terms_first() -> None:
     assert math.isinf(bad["loss/photometric/s1"]) and math.isnan(bad["automask"])
 
 
+def test_prepare_models_uses_channels_last_on_cpu_and_keeps_the_weights() -> None:
+    from md2bench.models import build_models
+
+    cfg = load_config("tiny")
+    torch.manual_seed(0)
+    plain = build_models(cfg)
+    torch.manual_seed(0)
+    prepared = trainer.prepare_models(build_models(cfg), cfg, torch.device("cpu"))
+    conv = prepared["encoder"].encoder.conv1.weight if hasattr(prepared["encoder"], "encoder") else next(
+        p for p in prepared.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    for (key, a), b in zip(plain.state_dict().items(), prepared.state_dict().values()):
+        assert torch.equal(a, b), key
+    off = trainer.prepare_models(build_models(cfg), cfg.override({"train.channels_last": False}), torch.device("cpu"))
+    assert all(p.is_contiguous() for p in off.parameters())
+
+
+def test_optimizer_is_fused_adam_with_the_configured_rate() -> None:
+    from md2bench.models import build_models
+
+    cfg = load_config("tiny", ["train.lr=3e-4"])
+    optimizer = trainer.make_optimizer(build_models(cfg), cfg)
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert optimizer.param_groups[0]["fused"] is True and optimizer.param_groups[0]["lr"] == 3e-4
+
+
+@pytest.mark.parametrize("cpu_amp", [False, True])
+def test_cpu_amp_runs_the_networks_in_bf16_and_the_loss_in_fp32(cpu_amp: bool) -> None:
+    from md2bench import method
+    from md2bench.bench import make_batch
+    from md2bench.models import build_models
+
+    cfg = load_config("tiny", [f"train.cpu_amp={str(cpu_amp).lower()}"])
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    models = trainer.prepare_models(build_models(cfg), cfg, device)
+    optimizer = trainer.make_optimizer(models, cfg)
+    batch = make_batch(cfg)
+    with trainer.autocast_for(device, cfg), torch.no_grad():
+        inputs = method.prepare_inputs(batch, cfg, device)
+        outputs = method.forward(models, inputs, cfg)
+    assert outputs.disp[0].dtype == (torch.bfloat16 if cpu_amp else torch.float32)
+    before = [p.detach().clone() for p in models.parameters()]
+    total, diagnostics = trainer.train_step(models, optimizer, batch, cfg, device, step=1)
+    assert total.dtype == torch.float32 and math.isfinite(total.item())
+    assert any(not torch.equal(a, p) for a, p in zip(before, models.parameters()))  # the step moved the weights
+    assert all(p.dtype == torch.float32 for p in models.parameters())  # master weights stay fp32
+
+
 def test_run_lock_refuses_a_second_holder(tmp_path: Path) -> None:
     cfg = load_config("tiny", [f"train.out_dir={tmp_path}"])
     run_dir = tmp_path / cfg.run_key
