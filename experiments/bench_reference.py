@@ -6,24 +6,28 @@ script imports it from a checkout you point it at and drives the reference's own
 (networks, pose prediction, ``generate_images_pred``, ``compute_losses``), then ``backward`` and Adam, on a
 random in-memory batch, exactly as ``md2bench bench --parts train`` times md2bench's step.
 
-Getting the reference (either works):
+Getting the reference (either works; REF is any directory outside this repository):
 
-    git clone https://github.com/nianticlabs/monodepth2 /tmp/monodepth2
+    git clone https://github.com/nianticlabs/monodepth2 REF
     # or, without git: the PyPI packaging of the same files
-    pip download monodepth2==1.0.0 --no-deps -d /tmp && unzip -q /tmp/monodepth2-1.0.0-py3-none-any.whl -d /tmp/monodepth2
+    pip download monodepth2==1.0.0 --no-deps -d . && unzip -q monodepth2-1.0.0-py3-none-any.whl -d REF
 
 Then:
 
-    python experiments/bench_reference.py --reference-dir /tmp/monodepth2 --height 96 --width 320 --batch-size 8
+    python experiments/bench_reference.py --reference-dir REF --height 96 --width 320 --batch-size 8
 
 The last line printed is one JSON object with ``reference_images_per_s``, ``md2bench_images_per_s`` and
-``speedup`` (the median over step pairs of reference time / md2bench time). Both steps run in this one process, interleaved (reference, md2bench, reference, ...), so a
-noisy machine slows both alike. Monocular, default flags (frames 0 -1 1, 4 scales, full-res multi-scale,
-min reprojection, auto-masking, separate ResNet-18 pose net), fp32, from scratch on both sides.
+``speedup`` (the median over rounds of reference / md2bench median step time). Each side runs in its own
+process (so each keeps its own allocator settings: md2bench's ``train.keep_freed_memory`` is not given to the
+reference unless ``--reference-keep-freed-memory``), alternating for ``--rounds`` rounds, so a machine that
+drifts in speed slows both alike. Monocular, default flags (frames 0 -1 1, 4 scales, full-res multi-scale,
+min reprojection, auto-masking, separate ResNet-18 pose net), from scratch on both sides; the reference in
+fp32, md2bench as its config says (fp32 unless ``--md2bench-overrides train.cpu_amp=true``).
 
 What is patched: on a machine without CUDA, ``Tensor.cuda`` becomes a no-op (the reference moves the
-auto-masking tie-break noise with ``.cuda()`` and cannot run on a CPU otherwise). What is stubbed: modules the reference imports but the step never calls (``tensorboardX``, ``IPython``,
-its ``datasets`` package, which needs scikit-image) are replaced by empty modules when they are missing.
+auto-masking tie-break noise with ``.cuda()`` and cannot run on a CPU otherwise). What is stubbed: modules
+the reference imports but the step never calls (``tensorboardX``, ``IPython``, its ``datasets`` package,
+which needs scikit-image) are replaced by empty modules when they are missing.
 ``Trainer.__init__`` is not run (it opens the KITTI file lists); the attributes the step uses are set here
 with the reference's own classes, in the order its ``__init__`` builds them.
 """
@@ -132,66 +136,104 @@ def reference_inputs(height: int, width: int, batch_size: int, seed: int = 0) ->
     return inputs
 
 
+def _time_side(args: argparse.Namespace) -> list[float]:
+    """Build one side (reference or md2bench) in this process and time ``args.steps`` steps after warm-up."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.side == "reference":
+        ref = load_reference(args.reference_dir)
+        if args.reference_keep_freed_memory:
+            from md2bench.runtime import keep_freed_memory
+
+            keep_freed_memory()
+        torch.manual_seed(0)
+        t = build_reference_trainer(ref, args.height, args.width, args.batch_size)
+        ref_inputs = reference_inputs(args.height, args.width, args.batch_size)
+
+        def step() -> None:
+            inputs = dict(ref_inputs)  # process_batch moves entries in place; keep ours intact
+            _, losses = t.process_batch(inputs)
+            t.model_optimizer.zero_grad()
+            losses["loss"].backward()
+            t.model_optimizer.step()
+    else:
+        from md2bench.bench import make_train_step
+
+        step = make_train_step(_md2bench_config(args))
+    for _ in range(args.warmup):
+        step()
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _md2bench_config(args: argparse.Namespace):
+    from md2bench.config import load_config
+
+    return load_config(args.md2bench_config, [
+        f"data.height={args.height}", f"data.width={args.width}", f"train.batch_size={args.batch_size}",
+        "train.device=cpu", "model.pretrained=scratch", *args.md2bench_overrides])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reference-dir", required=True, help="a monodepth2 checkout (has trainer.py)")
     parser.add_argument("--height", type=int, default=96)
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per side")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating (reference, md2bench) process pairs")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per side and round")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--md2bench-config", default="synth", help="md2bench preset/TOML for its side")
     parser.add_argument("--md2bench-overrides", nargs="*", default=[],
-                        help="extra KEY=VALUE for md2bench's side (e.g. train.cpu_channels_last=false)")
+                        help="extra KEY=VALUE for md2bench's side (e.g. train.cpu_amp=true)")
+    parser.add_argument("--reference-keep-freed-memory", action="store_true",
+                        help="give the reference md2bench's allocator setting too (isolates the step's own gains)")
+    parser.add_argument("--side", choices=["reference", "md2bench"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.side:  # child: time one side, print its step times
+        print(json.dumps(_time_side(args)))
+        return
+
+    import subprocess
 
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    ref = load_reference(args.reference_dir)
-    torch.manual_seed(0)
-    t = build_reference_trainer(ref, args.height, args.width, args.batch_size)
-    ref_inputs = reference_inputs(args.height, args.width, args.batch_size)
-
-    def ref_step() -> None:
-        inputs = dict(ref_inputs)  # process_batch moves entries in place; keep ours intact
-        _, losses = t.process_batch(inputs)
-        t.model_optimizer.zero_grad()
-        losses["loss"].backward()
-        t.model_optimizer.step()
-
-    from md2bench.bench import make_train_step
-    from md2bench.config import load_config
-
-    cfg = load_config(args.md2bench_config, [
-        f"data.height={args.height}", f"data.width={args.width}", f"train.batch_size={args.batch_size}",
-        "train.device=cpu", "model.pretrained=scratch", *args.md2bench_overrides])
-    md_step = make_train_step(cfg)
-
-    for _ in range(args.warmup):
-        ref_step()
-        md_step()
-    ref_times, md_times = [], []
-    for _ in range(args.steps):
-        for fn, times in ((ref_step, ref_times), (md_step, md_times)):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
+    child = [sys.executable, os.path.abspath(__file__), *sys.argv[1:]]
+    ref_times: list[float] = []
+    md_times: list[float] = []
+    ratios = []
+    for round_ in range(args.rounds):
+        got = {}
+        for side in ("reference", "md2bench"):
+            out = subprocess.run([*child, "--side", side], capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SystemExit(f"the {side} side failed:\n{out.stderr[-3000:]}")
+            got[side] = json.loads(out.stdout.strip().splitlines()[-1])
+        ref_times += got["reference"]
+        md_times += got["md2bench"]
+        ratios.append(statistics.median(got["reference"]) / statistics.median(got["md2bench"]))
+        print(f"round {round_ + 1}: reference {statistics.median(got['reference']):.2f} s/step, md2bench "
+              f"{statistics.median(got['md2bench']):.2f} s/step, ratio {ratios[-1]:.2f}", flush=True)
     ref_ips = args.batch_size / statistics.median(ref_times)
     md_ips = args.batch_size / statistics.median(md_times)
-    # Each reference step is paired with the md2bench step right after it: the median of the per-pair ratios
-    # is robust to the machine slowing down or speeding up during the measurement.
-    speedup = statistics.median(r / m for r, m in zip(ref_times, md_times))
+    speedup = statistics.median(ratios)
     print(f"reference step: {ref_ips:.2f} images/s   md2bench step: {md_ips:.2f} images/s   "
-          f"speed-up {speedup:.2f}x (median of paired steps)  ({args.width}x{args.height}, batch "
+          f"speed-up {speedup:.2f}x (median over rounds)  ({args.width}x{args.height}, batch "
           f"{args.batch_size}, {torch.get_num_threads()} threads, torch {torch.__version__})")
     print(json.dumps({
         "reference_images_per_s": ref_ips, "md2bench_images_per_s": md_ips, "speedup": speedup,
-        "reference_step_s": ref_times, "md2bench_step_s": md_times, "height": args.height, "width": args.width,
-        "batch_size": args.batch_size, "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "md2bench_config": cfg.flat(),
+        "round_ratios": ratios, "reference_step_s": ref_times, "md2bench_step_s": md_times,
+        "height": args.height, "width": args.width, "batch_size": args.batch_size,
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "reference_keep_freed_memory": args.reference_keep_freed_memory,
+        "md2bench_config": _md2bench_config(args).flat(),
     }))
 
 

@@ -20,7 +20,8 @@ the start of each epoch before any optimiser step, as the reference code does, w
 one epoch early (14 + 6).
 
 Metric names (MLflow and ``RunResult``): ``train/loss``, ``train/<diagnostic>`` (e.g.
-``train/loss/photometric/s0``), ``train/lr``, ``train/images_per_s``, ``train/epoch`` every ``log_every``
+``train/loss/photometric/s0``), ``train/lr``, ``train/images_per_s``, ``train/data_wait_fraction`` (share of the
+window spent waiting for the loader: near 0 means the step, not the data, sets the pace), ``train/epoch`` every ``log_every``
 steps; ``val/loss``, ``val/<diagnostic>``, ``val/abs_rel`` ... per epoch (step = global step); ``test/abs_rel``
 ..., ``test/moving/*``, ``test/static/*``, ``test/ratio_mean``, ``test/ratio_std`` at the end.
 """
@@ -125,9 +126,16 @@ class RunResult:
 def prepare_models(models: torch.nn.ModuleDict, cfg: Config, device: torch.device) -> torch.nn.ModuleDict:
     """Move the networks to ``device`` in the memory format and compilation the config asks for.
 
+    On a CPU device with ``train.keep_freed_memory`` this also configures the process's allocator
+    (:func:`md2bench.runtime.keep_freed_memory`).
+
     Shared by the trainer and the benchmark so the benchmark times what training runs. Neither the memory
     format nor compilation changes a state dict's keys or values.
     """
+    if device.type == "cpu" and cfg.train.keep_freed_memory:
+        from md2bench.runtime import keep_freed_memory
+
+        keep_freed_memory()  # process-wide, idempotent: the CPU step's large tensors stop page-faulting
     models = models.to(device)
     if cfg.train.channels_last:  # CUDA (tensor cores) and CPU (oneDNN): 1.1-1.3x on this 2-core CPU
         models = models.to(memory_format=torch.channels_last)
@@ -863,14 +871,20 @@ def _fit_locked(
     try:
         if rng_state is not None:
             restore_rng_state(rng_state)  # last thing before the loop: nothing may draw from the RNG after it
-        window_start, window_steps = time.monotonic(), 0
+        window_start, window_steps, data_wait = time.monotonic(), 0, 0.0
         sums: dict[str, torch.Tensor] = {}
         while pos.epoch < cfg.train.epochs and pos.step < total_steps and stop.signal is None:
             if pos.batch == 0:
                 scheduler_epoch_start(scheduler, cfg)
             sampler.set_epoch(pos.epoch, pos.batch)
             train_loader.generator.manual_seed(cfg.train.seed * 1_000_003 + pos.epoch)  # worker seeds per epoch
-            for batch in train_loader:
+            batches = iter(train_loader)
+            while True:
+                wait_start = time.monotonic()  # time blocked on the loader: is this run data-bound?
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                data_wait += time.monotonic() - wait_start
                 total, diagnostics = train_step(models, optimizer, batch, cfg, device, pos.step + 1)
                 pos.step += 1
                 pos.batch += 1
@@ -883,6 +897,7 @@ def _fit_locked(
                     logged = {f"train/{k}": float(v) / window_steps for k, v in sums.items()}
                     logged["train/lr"] = optimizer.param_groups[0]["lr"]
                     logged["train/images_per_s"] = window_steps * cfg.train.batch_size / elapsed
+                    logged["train/data_wait_fraction"] = min(data_wait / elapsed, 1.0)
                     logged["train/epoch"] = pos.epoch + pos.batch / steps_per_epoch
                     if device.type == "cuda":
                         logged["system/gpu_max_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -891,7 +906,7 @@ def _fit_locked(
                     bar.set_postfix(loss=f"{logged['train/loss']:.4f}", epoch=pos.epoch, refresh=False)
                     logger.info("step %d epoch %d loss %.5f lr %.3g %.1f img/s", pos.step, pos.epoch,
                                 logged["train/loss"], logged["train/lr"], logged["train/images_per_s"])
-                    sums, window_start, window_steps = {}, time.monotonic(), 0
+                    sums, window_start, window_steps, data_wait = {}, time.monotonic(), 0, 0.0
                 if pos.step >= total_steps or stop.signal is not None:
                     break
                 if time.monotonic() - last_save > CHECKPOINT_EVERY_S:

@@ -234,6 +234,8 @@ def test_short_training_learns_and_is_tracked(worlds: dict[str, Path], tmp_path:
     assert loss_steps == list(range(5, 46, 5))  # every log_every = 5 steps
     for key in ("train/lr", "train/images_per_s", "train/loss/photometric/s0", "val/loss", "val/abs_rel"):
         assert client.get_metric_history(result.run_id, key), key
+    waits = [m.value for m in client.get_metric_history(result.run_id, "train/data_wait_fraction")]
+    assert len(waits) == len(loss_steps) and all(0.0 <= w <= 1.0 for w in waits)
     metrics = run.data.metrics
     for name in ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3", "ratio_mean", "ratio_std"):
         assert metrics[f"test/{name}"] == pytest.approx(result.test_metrics[f"test/{name}"])
