@@ -64,11 +64,6 @@ def _pool3x3_adjoint(g: torch.Tensor) -> torch.Tensor:
     return _box3_adjoint(_box3_adjoint(g / 9.0, -1), -2)
 
 
-def _pool3x3_adjoint_unscaled(g: torch.Tensor) -> torch.Tensor:
-    """9 × :func:`_pool3x3_adjoint` (the caller folds the 1/9 into a product it computes anyway)."""
-    return _box3_adjoint(_box3_adjoint(g, -1), -2)
-
-
 def _ssim_terms(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """μx, μy and the four SSIM factors A = 2μxμy + C1, B = 2σxy + C2, C = μx² + μy² + C1, D = σx² + σy² + C2."""
     mu_x, mean_xx, mean_xy = _pool3x3(x), _pool3x3(x * x), _pool3x3(x * y)
@@ -106,11 +101,11 @@ class _SSIMErrorFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         x, y, mu_x, mu_y, a, b, c, d, ssim, keep = ctx.saved_tensors
-        t = torch.where(keep, grad * ssim, 0.0) * (-0.5 / 9.0)  # gS·S, with the pool's 1/9 folded in
+        t = torch.where(keep, grad * ssim * -0.5, 0.0)  # gS·S
         g_mu = 2 * t * (mu_y * (1 / a - 1 / b) + mu_x * (1 / d - 1 / c))
         g_xx = -t / d
         g_xy = 2 * t / b
-        adjoint = _pool3x3_adjoint_unscaled
+        adjoint = _pool3x3_adjoint
         return adjoint(g_mu) + 2 * x * adjoint(g_xx) + y * adjoint(g_xy), None
 
 
