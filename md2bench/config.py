@@ -58,6 +58,10 @@ class ModelConfig:
         min_depth: depth for sigmoid output 1 (metres in the network's own scale).
         max_depth: depth for sigmoid output 0.
         scales: decoder output scales used by the loss; scale s has resolution 1/2^s.
+        pose_source: ``"net"``: the pose network predicts the camera motion (the paper); ``"gt"``: the exact
+            camera motion of the synthetic world is used instead and no pose network is trained (a diagnostic
+            and a fast CPU setting, shown in the report's flags). GT translations are converted to the network's
+            units, in which the stereo baseline is 0.1 (metres × 0.1 / 0.54), so M, S and MS share one scale.
     """
 
     num_layers: int = 18
@@ -68,9 +72,11 @@ class ModelConfig:
     min_depth: float = 0.1
     max_depth: float = 100.0
     scales: tuple[int, ...] = (0, 1, 2, 3)
+    pose_source: str = "net"
 
     def __post_init__(self) -> None:
         _choice("model", "num_layers", self.num_layers, (18, 50))
+        _choice("model", "pose_source", self.pose_source, ("net", "gt"))
         _choice("model", "pretrained", self.pretrained, ("imagenet", "scratch"))
         _choice("model", "pose_net", self.pose_net, ("separate", "shared", "posecnn"))
         _choice("model", "pose_input", self.pose_input, ("pairs", "all"))
@@ -269,7 +275,7 @@ NON_SEMANTIC = frozenset(
 # Fields added after run keys were first handed out, with the value they had implicitly before: a field at
 # that value is left out of ``run_key``, so finished runs keep their keys (and are still skipped) when an
 # option is added; any other value is part of the key.
-KEY_DEFAULTS = {"train.cpu_amp": False}
+KEY_DEFAULTS = {"train.cpu_amp": False, "model.pose_source": "net"}
 
 
 @dataclass(frozen=True)
@@ -281,6 +287,12 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.model.pose_source == "gt" and self.data.dataset != "synthetic":
+            raise ConfigError(
+                "model.pose_source = 'gt' needs exact camera poses, which only the synthetic world has "
+                "(data.dataset = 'synthetic'); use model.pose_source = 'net' for KITTI")
 
     # ----- derived values -------------------------------------------------------------------------------
     @property
@@ -309,9 +321,16 @@ class Config:
         return len(self.source_ids)
 
     @property
-    def needs_pose_net(self) -> bool:
-        """Pose is predicted only where there are temporal sources (stereo-only training has none)."""
+    def has_temporal_sources(self) -> bool:
+        """Temporal source frames take part in the loss (modes M and MS); their poses come from
+        ``model.pose_source``."""
         return len(self.temporal_ids) > 1
+
+    @property
+    def needs_pose_net(self) -> bool:
+        """A pose network is built and trained: temporal sources whose poses it predicts (not stereo-only
+        training, not ``model.pose_source = "gt"``)."""
+        return self.has_temporal_sources and self.model.pose_source == "net"
 
     @property
     def loss_scales(self) -> tuple[int, ...]:

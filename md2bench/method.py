@@ -32,6 +32,7 @@ from md2bench.config import Config
 from md2bench.data.transforms import color_jitter, make_pyramid
 from md2bench.geometry import disp_to_depth, pose_vec_to_mat, scale_intrinsics, warp
 from md2bench.losses import mask_regularisation, photometric_error, reprojection_loss, smoothness_loss
+from md2bench.metrics import STEREO_SCALE_FACTOR
 
 __all__ = [
     "Inputs",
@@ -56,6 +57,8 @@ class Inputs:
         K: ``{s: B×4×4}`` intrinsics in pixels of scale s.
         inv_K: ``{s: B×4×4}`` their inverses.
         stereo_T: B×4×4 ``T_src_tgt`` of the stereo source (identity where there is none).
+        pose_gt: B×F×4×4 exact ``T_src_tgt`` of every frame in the network's units (the stereo baseline is
+            0.1), where the batch has ``pose_gt`` (the synthetic world); else None.
     """
 
     raw: dict[int, Tensor]
@@ -63,6 +66,7 @@ class Inputs:
     K: dict[int, Tensor]
     inv_K: dict[int, Tensor]
     stereo_T: Tensor
+    pose_gt: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -128,7 +132,14 @@ def prepare_inputs(batch: Mapping[str, Any], cfg: Config, device: torch.device |
     # inv_ex: no error check, so no host sync; K of a camera is always invertible.
     inv_K = {s: torch.linalg.inv_ex(K[s]).inverse for s in scales}
     stereo_T = batch["stereo_T"].to(device, torch.float32, non_blocking=True)
-    return Inputs(raw=raw, aug=aug, K=K, inv_K=inv_K, stereo_T=stereo_T)
+    pose_gt = None
+    if "pose_gt" in batch:
+        pose_gt = batch["pose_gt"].to(device, torch.float32, non_blocking=True).clone()
+        pose_gt[..., :3, 3] /= STEREO_SCALE_FACTOR  # metres -> network units (stereo baseline 0.54 m -> 0.1)
+    elif cfg.model.pose_source == "gt" and cfg.has_temporal_sources:
+        raise ValueError("model.pose_source = 'gt' but the batch has no 'pose_gt' (exact poses exist only in the "
+                         "synthetic world, whose drive folders hold poses.txt)")
+    return Inputs(raw=raw, aug=aug, K=K, inv_K=inv_K, stereo_T=stereo_T, pose_gt=pose_gt)
 
 
 def _pose_inputs_order(frame: int) -> tuple[int, int]:
@@ -158,7 +169,7 @@ def forward(models: nn.ModuleDict, inputs: Inputs, cfg: Config) -> Outputs:
     pose_net = cfg.model.pose_net
 
     frame_features: list[list[Tensor]] = []
-    if pose_net == "shared":
+    if pose_net == "shared" and cfg.needs_pose_net:
         # All frames (stereo included, as the reference) through the depth encoder in one batch.
         stacked = aug.transpose(0, 1).reshape(-1, *aug.shape[2:])  # (F·B)×3×H×W, frame-major
         frame_features = [list(level) for level in zip(*(f.split(batch) for f in models["encoder"](stacked)))]
@@ -202,6 +213,9 @@ def forward(models: nn.ModuleDict, inputs: Inputs, cfg: Config) -> Outputs:
         for i, frame in enumerate(cfg.source_ids):
             if frame == "s":
                 transforms.append(inputs.stereo_T.float())
+            elif not cfg.needs_pose_net:  # model.pose_source = "gt"
+                assert inputs.pose_gt is not None
+                transforms.append(inputs.pose_gt[:, index[frame]])
             else:
                 assert axisangle_t is not None and translation_t is not None
                 transforms.append(pose_vec_to_mat(axisangle_t[:, i], translation_t[:, i], invert[i]))

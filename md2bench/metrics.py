@@ -299,6 +299,48 @@ def relative_gt_poses(cam_to_world: np.ndarray) -> np.ndarray:
                      for i in range(1, len(cam_to_world))])
 
 
+POSE_METRIC_NAMES: tuple[str, ...] = ("t_cos", "rot_deg", "ate")
+
+
+def relative_pose_errors(T_pred: np.ndarray, T_gt: np.ndarray, min_motion: float = 1e-6) -> dict[str, np.ndarray]:
+    """Per-pair errors of predicted camera motions against the truth (validation's pose diagnostics).
+
+    For each pair, the source camera's position in the target camera's frame is ``c = inv(T_src_tgt)[:3, 3]``.
+
+    - ``t_cos``: cosine between predicted and true camera displacement ``c`` (1 = right direction, −1 =
+      reversed; NaN where the true displacement is below ``min_motion``: a standing camera has no direction).
+      A pose net that settles on sideways motion while the camera drives forward shows here first.
+    - ``rot_deg``: angle of ``R_pred⁻¹ · R_gt`` in degrees (geodesic rotation error).
+    - ``ate``: the two-frame snippet's ATE in the reference's convention (:func:`compute_ate` on the positions
+      [0, c] with the least-squares scale; the sum of errors divided by the two points), in the GT's units.
+
+    Args:
+        T_pred: N×4×4 predicted ``T_src_tgt``.
+        T_gt: N×4×4 true ``T_src_tgt``.
+        min_motion: true displacements shorter than this have no direction.
+
+    Returns:
+        ``{"t_cos": (N,), "rot_deg": (N,), "ate": (N,)}`` float64 arrays.
+    """
+    T_pred = np.asarray(T_pred, dtype=np.float64)
+    T_gt = np.asarray(T_gt, dtype=np.float64)
+    if T_pred.shape != T_gt.shape or T_pred.shape[-2:] != (4, 4) or T_pred.ndim != 3:
+        raise ValueError(f"T_pred and T_gt must both be N×4×4, got {T_pred.shape} and {T_gt.shape}")
+    c_pred = np.linalg.inv(T_pred)[:, :3, 3]
+    c_gt = np.linalg.inv(T_gt)[:, :3, 3]
+    norm_pred = np.linalg.norm(c_pred, axis=1)
+    norm_gt = np.linalg.norm(c_gt, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.sum(c_pred * c_gt, axis=1) / (norm_pred * norm_gt)
+    cos = np.where(norm_gt < min_motion, np.nan, np.where(norm_pred > 0, cos, 0.0))
+    relative = np.transpose(T_pred[:, :3, :3], (0, 2, 1)) @ T_gt[:, :3, :3]
+    trace = np.trace(relative, axis1=1, axis2=2)
+    rot = np.degrees(np.arccos(np.clip((trace - 1.0) / 2.0, -1.0, 1.0)))
+    origin = np.zeros(3)
+    ate = np.array([compute_ate(np.stack([origin, g]), np.stack([origin, p])) for g, p in zip(c_gt, c_pred)])
+    return {"t_cos": cos, "rot_deg": rot, "ate": ate}
+
+
 def snippet_ates(pred_relative: np.ndarray, gt_relative: np.ndarray,
                  track_length: int = ATE_TRACK_LENGTH) -> np.ndarray:
     """ATE of every snippet of ``track_length`` frames (REFERENCE §3.5); snippets near the end are shorter.

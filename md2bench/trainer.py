@@ -424,6 +424,20 @@ def _per_image_depth_errors(
     return rows
 
 
+def _pose_errors(outputs: Any, pose_gt: torch.Tensor, cfg: Config) -> dict[str, np.ndarray]:
+    """Errors of the predicted camera motion of every temporal source against the exact one (``pose_gt``,
+    B×F×4×4 metres; the scale-free ``t_cos`` and ``rot_deg`` do not care about units, ``ate`` is in metres
+    after the least-squares scale)."""
+    pred, true = [], []
+    for i, frame in enumerate(cfg.source_ids):
+        if frame != "s":
+            pred.append(outputs.T_src_tgt[:, i].detach().double().cpu().numpy())
+            true.append(pose_gt[:, cfg.frames.index(frame)].double().cpu().numpy())
+    from md2bench.metrics import relative_pose_errors
+
+    return relative_pose_errors(np.concatenate(pred), np.concatenate(true))
+
+
 @torch.no_grad()
 def validate(
     models: torch.nn.ModuleDict,
@@ -444,12 +458,14 @@ def validate(
         scaling: ``(median_scaling, scale_factor)`` of the depth metrics (``md2bench.evaluate.scaling_for``).
     """
     from md2bench import method
+    from md2bench.metrics import POSE_METRIC_NAMES
 
     was_training = models.training
     models.eval()
     sums: dict[str, float] = {}
     loss_batches = 0
     depth_rows: list[dict[str, float]] = []
+    pose_rows: list[dict[str, np.ndarray]] = []
     pic: dict[str, np.ndarray] | None = None
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -458,7 +474,9 @@ def validate(
             if max_batches and i >= max_batches:
                 break
             with autocast_for(device, cfg):
-                total, diagnostics, _ = method.training_loss(models, batch, cfg, device)
+                total, diagnostics, outputs = method.training_loss(models, batch, cfg, device)
+            if "pose_gt" in batch and cfg.needs_pose_net:
+                pose_rows.append(_pose_errors(outputs, batch["pose_gt"], cfg))
             scalars = {"loss": total.detach().float(), **_scalar_diagnostics(diagnostics)}
             for key, value in scalars.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
@@ -475,6 +493,9 @@ def validate(
     if depth_rows:
         for key in depth_rows[0]:
             metrics_out[f"val/{key}"] = float(np.mean([row[key] for row in depth_rows]))
+    for key in POSE_METRIC_NAMES if pose_rows else ():
+        values = np.concatenate([row[key] for row in pose_rows])
+        metrics_out[f"val/pose/{key}"] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
     models.train(was_training)
     return ValidationOutput(metrics_out, pic)
 

@@ -326,3 +326,65 @@ def test_shared_kitti_sample_loads_and_projects() -> None:
         valid = depth[depth > 0]
         assert 0.005 < valid.size / depth.size < 0.2  # sparse LiDAR: a few percent of the pixels
         assert valid.min() > 0 and valid.max() < 130
+
+
+def test_gt_pose_transforms_hand_values() -> None:
+    """T_src_tgt = G_src⁻¹·G_tgt; the right camera is the left one shifted by the baseline; a flip mirrors x."""
+    b = 0.5
+    quarter = np.eye(4)
+    quarter[:3, :3] = [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]]  # yaw 90°: local +z -> world +x
+    forward = np.eye(4)
+    forward[2, 3] = 1.0  # one metre ahead
+    poses = np.stack([np.eye(4), forward, quarter])
+    # target frame 1, sources -1 (the camera one metre behind) and +1 (turned 90° at the origin)
+    left = kitti.gt_pose_transforms(poses, 1, (0, -1, 1, "s"), "l", False, b)
+    np.testing.assert_allclose(left[0], np.eye(4))
+    np.testing.assert_allclose(left[1][:3, 3], [0.0, 0.0, 1.0])  # target points are 1 m farther from frame 0
+    # frame 2 at the origin turned 90°: a target point (x, y, z) sits at world (x, y, z + 1); frame 2 sees
+    # world (X, Y, Z) at (-Z, Y, X), so (-(z + 1), y, x)
+    np.testing.assert_allclose(left[2] @ [2.0, 3.0, 4.0, 1.0], [-5.0, 3.0, 2.0, 1.0], atol=1e-12)
+    np.testing.assert_allclose(left[3][:3, 3], [-b, 0.0, 0.0])  # the right camera sees left points b further left
+    # right camera: B⁻¹·T·B with B = translation (b, 0, 0); a pure translation is unchanged, the turn is not:
+    # a right-camera point p is left-camera p + (b,0,0) -> frame-2 left (-(z+1), y, x + b) -> minus b in x
+    right = kitti.gt_pose_transforms(poses, 1, (0, -1, 1, "s"), "r", False, b)
+    np.testing.assert_allclose(right[1], left[1])
+    np.testing.assert_allclose(right[2] @ [2.0, 3.0, 4.0, 1.0], [-5.0 - b, 3.0, 2.0 + b, 1.0], atol=1e-12)
+    np.testing.assert_allclose(right[3][:3, 3], [b, 0.0, 0.0])
+    # flipped: the mirrored world (x -> -x) moves the mirrored way: S·T·S with S = diag(-1, 1, 1, 1)
+    flipped = kitti.gt_pose_transforms(poses, 1, (0, -1, 1), "l", True, b)
+    np.testing.assert_allclose(flipped[2] @ [-2.0, 3.0, 4.0, 1.0], [5.0, 3.0, 2.0, 1.0], atol=1e-12)
+
+
+def test_synthetic_items_carry_exact_poses_that_warp_with_gt_depth(tmp_path: Path) -> None:
+    """Warping the neighbours with the GT depth and the item's pose_gt reproduces the target far better than
+    leaving them unwarped (the pose direction, the flip and the units all have to be right for that)."""
+    from md2bench.data.synthetic import render_world
+    from md2bench.geometry import warp
+    from md2bench.losses import photometric_error
+    from md2bench.metrics import STEREO_SCALE_FACTOR
+
+    root = tmp_path / "world"
+    render_world(root, preset="tiny", seed=0, progress=False)
+    cfg = Config().override({"data.path": str(root), "data.synth_preset": "tiny", "data.height": 64,
+                             "data.width": 160, "data.mode": "MS", "model.pretrained": "scratch"})
+    ds = kitti.build_dataset(cfg, "train", load_depth=True)
+    assert ds.has_pose
+    for flip in (False, True):
+        ds.flip = flip
+        items = [ds[i] for i in range(len(ds))]
+        items = [it for it in items if bool(it["flip"]) == flip][:4]
+        batch = torch.utils.data.default_collate(items)
+        validate_batch(batch, 4, 64, 160)
+        images = batch["images"].float() / 255
+        depth = batch["depth_gt"]
+        depth = torch.where(depth > 0, depth, torch.full_like(depth, 150.0))
+        K = batch["K"]
+        T = batch["pose_gt"][:, 1:].clone()
+        T[..., :3, 3] /= STEREO_SCALE_FACTOR
+        warped = warp(images[:, 1:], depth / STEREO_SCALE_FACTOR, T, K, torch.linalg.inv(K))
+        err = photometric_error(warped, images[:, :1], True, 0.85).mean().item()
+        unwarped = photometric_error(images[:, 1:], images[:, :1], True, 0.85).mean().item()
+        assert err < 0.5 * unwarped, (flip, err, unwarped)
+        # the stereo entry is the item's stereo_T in metres
+        torch.testing.assert_close(batch["pose_gt"][:, 3, :3, 3] / STEREO_SCALE_FACTOR, batch["stereo_T"][:, :3, 3])
+        torch.testing.assert_close(batch["pose_gt"][:, 3, :3, :3], batch["stereo_T"][:, :3, :3])

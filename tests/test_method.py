@@ -439,3 +439,39 @@ def test_compiled_loss_equals_the_eager_loss(default_step: tuple[Config, torch.n
     for grad, c_grad in zip(grads, c_grads):
         # fused kernels sum in another order: near-tied per-pixel minima may flip (see the reference test)
         assert (c_grad - grad).norm().item() <= 3e-2 * grad.norm().item()
+
+
+# ----- model.pose_source = "gt" -------------------------------------------------------------------------------
+
+
+def test_gt_pose_source_uses_the_batch_poses_in_network_units_and_builds_no_pose_net() -> None:
+    cfg = _cfg(**{"data.mode": "MS", "model.pose_source": "gt", "data.dataset": "synthetic"})
+    models = _models(cfg)
+    assert "pose" not in models and "pose_encoder" not in models
+    batch = _batch(cfg)
+    pose_gt = torch.eye(4).repeat(BATCH, 4, 1, 1)  # frames (0, -1, 1, "s")
+    pose_gt[:, 1, 2, 3] = 0.81  # frame -1: target points are 0.81 m farther away
+    pose_gt[:, 2, 2, 3] = -0.81
+    pose_gt[:, 3, 0, 3] = -0.54
+    batch["pose_gt"] = pose_gt
+    with torch.no_grad():
+        outputs = forward(models, prepare_inputs(batch, cfg, "cpu"), cfg)
+    # metres / 5.4: the network's units, in which KITTI's 0.54 m baseline is the reference's 0.1
+    assert outputs.T_src_tgt[0, 0, 2, 3].item() == pytest.approx(0.15)
+    assert outputs.T_src_tgt[0, 1, 2, 3].item() == pytest.approx(-0.15)
+    # the stereo source keeps batch["stereo_T"] (already in network units)
+    torch.testing.assert_close(outputs.T_src_tgt[:, 2], batch["stereo_T"])
+    assert batch["pose_gt"][0, 1, 2, 3].item() == pytest.approx(0.81)  # the batch itself is not modified
+    del batch["pose_gt"]
+    with pytest.raises(ValueError, match="pose_gt"):
+        prepare_inputs(batch, cfg, "cpu")
+
+
+def test_gt_pose_source_needs_the_synthetic_world() -> None:
+    from md2bench.config import ConfigError
+
+    with pytest.raises(ConfigError, match="synthetic"):
+        _cfg(**{"model.pose_source": "gt", "data.dataset": "kitti", "data.split": "eigen_zhou"})
+    # the new field leaves the run keys of earlier configs unchanged (finished runs are still skipped)
+    assert _cfg().run_key == _cfg(**{"model.pose_source": "net"}).run_key
+    assert _cfg().run_key != _cfg(**{"model.pose_source": "gt"}).run_key

@@ -155,3 +155,30 @@ def test_snippet_ates_exact_prediction_and_count() -> None:
     scaled = rel.copy()
     scaled[:, :3, 3] *= 3
     np.testing.assert_allclose(M.snippet_ates(scaled, rel), 0.0, atol=1e-12)
+
+
+def test_relative_pose_errors_hand_values() -> None:
+    from md2bench.metrics import relative_pose_errors
+
+    def T(tx: float, tz: float, yaw_deg: float = 0.0) -> np.ndarray:
+        c, s = np.cos(np.radians(yaw_deg)), np.sin(np.radians(yaw_deg))
+        m = np.eye(4)
+        m[:3, :3] = [[c, 0, s], [0, 1, 0], [-s, 0, c]]
+        m[:3, 3] = (tx, 0.0, tz)
+        return m
+
+    gt = np.stack([T(0, -0.8), T(0, -0.8), T(0, -0.8, 3.0), T(0, 0)])
+    pred = np.stack([T(0, -0.01),  # right direction, wrong scale: cos 1, ATE 0 after the scale
+                     T(-0.01, 0),  # sideways: cos 0; best scale 0 -> error ‖c_gt‖ / 2 = 0.4
+                     T(0, -0.8, 1.0),  # 2° too little yaw
+                     T(0, -0.5)])  # standing camera: no direction
+    errors = relative_pose_errors(pred, gt)
+    assert errors["t_cos"][0] == pytest.approx(1.0)
+    assert errors["t_cos"][1] == pytest.approx(0.0, abs=1e-12)
+    assert np.isnan(errors["t_cos"][3])
+    assert errors["rot_deg"][:2] == pytest.approx([0.0, 0.0], abs=1e-6)
+    assert errors["rot_deg"][2] == pytest.approx(2.0)
+    assert errors["ate"][0] == pytest.approx(0.0, abs=1e-12)
+    assert errors["ate"][1] == pytest.approx(0.4)
+    # a reversed direction is -1
+    assert relative_pose_errors(T(0, 0.3)[None], T(0, -0.8)[None])["t_cos"][0] == pytest.approx(-1.0)

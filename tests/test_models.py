@@ -170,7 +170,7 @@ def test_multi_image_conv1_replication_gives_single_image_features(
         a = single(x)
         b = multi(x.repeat(1, n, 1, 1))
     for fa, fb in zip(a, b):
-        torch.testing.assert_close(fa, fb, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(fa, fb, rtol=1e-4, atol=1e-4)
 
 
 def test_weights_from_torch_hub_cache(

@@ -48,6 +48,7 @@ KITTI_K_NORMALISED: tuple[tuple[float, ...], ...] = (
 # Reference `full_res_shape` (1242, 375) as (H, W): KITTI GT loaded during training/validation is resized to
 # this with nearest neighbour, so that items from drives of different sizes collate.
 KITTI_FULL_RES: tuple[int, int] = (375, 1242)
+KITTI_BASELINE = 0.54  # metres between KITTI's colour cameras (the source of the evaluation factor 5.4)
 SIDE_TO_CAMERA: dict[str, int] = {"l": 2, "r": 3}
 OTHER_SIDE: dict[str, str] = {"l": "r", "r": "l"}
 IMAGE_EXTS: tuple[str, ...] = ("jpg", "png")
@@ -279,6 +280,57 @@ def read_poses(path: str | Path) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------- dataset
+def gt_pose_transforms(cam_to_world: np.ndarray, frame: int, frames: Sequence[int | str], side: str, flipped: bool,
+                       baseline: float) -> np.ndarray:
+    """Exact ``T_src_tgt`` of every frame of a sample, from a drive's left-camera poses.
+
+    ``T_src_tgt = G_src⁻¹ · G_tgt`` maps points of the target camera (frame ``frame``) into the camera of each
+    frame of ``frames`` (identity for 0). The right camera is the left one shifted by ``baseline`` along its
+    own +x (``G_right = G_left · B``), so for side ``r`` the temporal transforms are ``B⁻¹ · T · B``; the stereo
+    frame ``"s"`` gets the pure baseline translation (−baseline for a left target, as
+    ``geometry.stereo_transform``). A horizontal flip mirrors x: ``T' = S · T · S`` with S = diag(−1, 1, 1, 1).
+
+    Args:
+        cam_to_world: N×4×4 left camera-to-world poses of the drive (``read_poses``), metres.
+        frame: target frame index.
+        frames: frame ids of the sample (0 first; integers are offsets, ``"s"`` the stereo partner).
+        side: ``"l"`` or ``"r"``.
+        flipped: the sample is flipped horizontally.
+        baseline: stereo baseline in metres.
+
+    Returns:
+        F×4×4 float64, metres.
+    """
+    shift = np.eye(4)
+    shift[0, 3] = baseline
+    to_side = shift if side == "r" else np.eye(4)
+    mirror = np.diag([-1.0, 1.0, 1.0, 1.0])
+    out = []
+    for fid in frames:
+        if fid == "s":
+            T = np.eye(4)
+            T[0, 3] = -baseline if side == "l" else baseline
+        else:
+            src = cam_to_world[frame + int(fid)] @ to_side
+            tgt = cam_to_world[frame] @ to_side
+            T = np.linalg.solve(src, tgt)
+        out.append(mirror @ T @ mirror if flipped else T)
+    return np.stack(out)
+
+
+def _world_baseline(root: Path) -> float:
+    """The stereo baseline in metres: ``world.json``'s for a synthetic world, KITTI's 0.54 otherwise."""
+    import json
+
+    world = root / "world.json"
+    if world.is_file():
+        try:
+            return float(json.loads(world.read_text()).get("baseline", KITTI_BASELINE))
+        except (OSError, ValueError) as exc:
+            raise DatasetFileError(f"cannot read {world}: {exc}") from exc
+    return KITTI_BASELINE
+
+
 def cached_listing(directory: Path, cache: dict[Path, frozenset[str]]) -> frozenset[str]:
     if directory not in cache:
         try:
@@ -325,6 +377,9 @@ class MonoDataset(torch.utils.data.Dataset):
         gt_shape: (H, W) to resize GT to with nearest neighbour (KITTI: 375×1242 so drives collate); None keeps
             the native size.
         check_files: verify at construction that the files exist (drops lines with missing neighbours).
+        load_pose: return ``pose_gt`` (exact ``T_src_tgt`` of every frame, metres) where the drive folder has a
+            ``poses.txt`` (the synthetic world); the stereo baseline comes from ``world.json`` (KITTI's 0.54 m
+            otherwise).
     """
 
     def __init__(
@@ -344,6 +399,7 @@ class MonoDataset(torch.utils.data.Dataset):
         k_normalised: np.ndarray | Sequence[Sequence[float]] | None = None,
         gt_shape: tuple[int, int] | None = None,
         check_files: bool = True,
+        load_pose: bool = False,
     ) -> None:
         if not frames or frames[0] != 0:
             raise ValueError(f"frames must start with 0, got {tuple(frames)}")
@@ -374,6 +430,9 @@ class MonoDataset(torch.utils.data.Dataset):
         self.has_depth = load_depth and depth_gt_path(self.root, first.folder, first.frame, first.side).is_file()
         self.has_motion_mask = load_motion_mask and motion_mask_path(
             self.root, first.folder, first.frame, first.side).is_file()
+        self.has_pose = load_pose and (self.root / first.folder / "poses.txt").is_file()
+        self.baseline = _world_baseline(self.root)
+        self._poses: dict[str, np.ndarray] = {}
         self._native_gt_shape: tuple[int, int] | None = None
         if (self.has_depth or self.has_motion_mask) and gt_shape is None:
             probe = depth_gt_path if self.has_depth else motion_mask_path
@@ -520,7 +579,20 @@ class MonoDataset(torch.utils.data.Dataset):
         if self.has_motion_mask:
             item["motion_mask"] = self._load_map(
                 motion_mask_path(self.root, line.folder, line.frame, line.side), line, flip, depth=False)
+        if self.has_pose:
+            item["pose_gt"] = torch.from_numpy(gt_pose_transforms(
+                self._drive_poses(line), line.frame, self.frames, line.side, flip, self.baseline).astype(np.float32))
         return item
+
+    def _drive_poses(self, line: SplitLine) -> np.ndarray:
+        poses = self._poses.get(line.folder)
+        if poses is None:
+            poses = self._poses[line.folder] = read_poses(self.root / line.folder / "poses.txt")
+        needed = [line.frame + f for f in self.frames if isinstance(f, int)]
+        if min(needed) < 0 or max(needed) >= len(poses):
+            raise DatasetFileError(f"{self.root / line.folder / 'poses.txt'} has {len(poses)} poses; "
+                                   f"{line.describe()} needs frames {min(needed)}..{max(needed)}")
+        return poses
 
 
 # ------------------------------------------------------------------------------------------- from the config
@@ -620,4 +692,5 @@ def build_dataset(
         flip=cfg.data.flip,
         gt_shape=KITTI_FULL_RES if kitti else None,
         check_files=check_files,
+        load_pose=split != "test" and not kitti,
     )

@@ -19,6 +19,7 @@ Keys of one item (B is added by collation):
 | ``index``      | int64   | ()             | index of the item in its split |
 | ``depth_gt``   | float32 | 1×Hg×Wg        | optional: ground-truth depth in metres, 0 = no depth |
 | ``motion_mask``| uint8   | 1×Hg×Wg        | optional: 1 = independently moving object (synthetic world only) |
+| ``pose_gt``    | float32 | F×4×4          | optional: exact ``T_src_tgt`` of every frame in metres (identity for 0; synthetic world) |
 
 The flip is already applied to ``images``, ``depth_gt`` and ``motion_mask`` (and ``stereo_T``'s sign); K needs no
 change because the normalised principal point is at the image centre.
@@ -39,7 +40,8 @@ REQUIRED: dict[str, torch.dtype] = {
     "flip": torch.bool,
     "index": torch.int64,
 }
-OPTIONAL: dict[str, torch.dtype] = {"depth_gt": torch.float32, "motion_mask": torch.uint8}
+OPTIONAL: dict[str, torch.dtype] = {"depth_gt": torch.float32, "motion_mask": torch.uint8, "pose_gt": torch.float32}
+MAPS = ("depth_gt", "motion_mask")  # optional per-pixel maps, 1×Hg×Wg
 
 
 class BatchError(ValueError):
@@ -68,6 +70,8 @@ def validate_batch(batch: Mapping[str, Any], num_frames: int, height: int, width
     for key, shape in (("K", (4, 4)), ("stereo_T", (4, 4)), ("color_aug", (4,)), ("color_order", (4,))):
         if tuple(batch[key].shape[lead:]) != shape:
             raise BatchError(f"batch[{key!r}] has shape {tuple(batch[key].shape)}, expected (B,)+{shape}")
-    for key in OPTIONAL:
+    if "pose_gt" in batch and tuple(batch["pose_gt"].shape[lead:]) != (num_frames, 4, 4):
+        raise BatchError(f"batch['pose_gt'] has shape {tuple(batch['pose_gt'].shape)}, expected (B,)+{(num_frames, 4, 4)}")
+    for key in MAPS:
         if key in batch and (batch[key].dim() != 3 + lead or batch[key].shape[lead] != 1):
             raise BatchError(f"batch[{key!r}] has shape {tuple(batch[key].shape)}, expected (B,)1×Hg×Wg")
