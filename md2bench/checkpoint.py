@@ -6,7 +6,9 @@ it is a tensor, a number, a string, or a list / tuple / dict of those, so it loa
 ``torch.load(weights_only=True)``: opening a checkpoint never runs pickled code.
 
 Writes are atomic: the state goes to a temporary file in the same folder, is flushed and ``fsync``-ed, then
-``os.replace``-d over the target. A crash or a kill mid-write leaves the previous checkpoint intact.
+``os.replace``-d over the target. A crash or a kill mid-write leaves the previous checkpoint intact. A write that
+fails for a reason of the file system (disk full, read-only folder) raises ``CheckpointWriteError``, one line
+naming the file and the cause, instead of torch's serialiser error.
 """
 
 from __future__ import annotations
@@ -19,12 +21,18 @@ from typing import Any, Mapping
 import torch
 
 from md2bench.config import Config
+from md2bench.errors import ActionableError, describe_os_error, find_os_error
 
 FORMAT_VERSION = 1
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that is missing, unreadable or lacks what the caller needs."""
+
+
+class CheckpointWriteError(ActionableError, OSError):
+    """A checkpoint could not be written (disk full, read-only folder ...); the message names the file and the
+    cause and says that the previous checkpoint is intact. ``errno`` is the underlying error's."""
 
 
 def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
@@ -36,10 +44,16 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
 
     Returns:
         The destination path.
+
+    Raises:
+        CheckpointWriteError: the file system refused the write (the previous checkpoint, if any, is intact).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(exc, path) from exc
     try:
         os.fchmod(fd, 0o644)  # mkstemp creates 0600; a checkpoint is an ordinary, shareable file
         with os.fdopen(fd, "wb") as handle:
@@ -47,11 +61,23 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp_name).unlink(missing_ok=True)
+        os_error = find_os_error(exc) if isinstance(exc, Exception) else None
+        if os_error is not None:
+            raise _write_error(os_error, path) from exc
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _write_error(err: OSError, path: Path) -> CheckpointWriteError:
+    """``CheckpointWriteError`` for ``err`` while writing ``path``: one line, the cause first."""
+    existing = "the previous checkpoint is intact" if path.is_file() else "no earlier checkpoint exists"
+    message = describe_os_error(err, f"checkpoint {path}", where="train.out_dir").replace("; ", f" ({existing}); ", 1)
+    error = CheckpointWriteError(message)
+    error.errno = err.errno
+    return error
 
 
 def _fsync_dir(folder: Path) -> None:

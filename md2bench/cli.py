@@ -33,6 +33,29 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _debug_option() -> typer.models.OptionInfo:
+    return typer.Option(False, "--debug", help="Show full tracebacks (and MLflow's own database errors) instead of "
+                        "one line per failure.")
+
+
+def _quiet_unless(debug: bool) -> None:
+    """Without ``--debug``, MLflow's own traceback per failed database statement is not printed."""
+    if not debug:
+        from md2bench.tracking import quiet_store_logs
+
+        quiet_store_logs()
+
+
+def _fail_on(exc: BaseException, debug: bool, code: int = 1, uri: Optional[str] = None) -> None:
+    """One line naming what failed and why (``md2bench.errors.describe_failure``); the traceback with --debug."""
+    if debug:
+        raise exc
+    from md2bench.errors import describe_failure
+    from md2bench.tracking import resolve_uri
+
+    _fail(describe_failure(exc, resolve_uri(uri)) + "  (--debug shows the traceback)", code)
+
+
 # --------------------------------------------------------------------------------------------- data
 @data_app.command("synth")
 def data_synth(
@@ -186,11 +209,14 @@ def train_cmd(
     parent_run_id: Optional[str] = typer.Option(None, "--parent-run-id", help="Nest under this MLflow run."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the run's checkpoint if any."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    debug: bool = _debug_option(),
 ) -> None:
     """Train one configuration: the synthetic world by default, KITTI when the config says so.
 
-    Exit codes: 0 finished, 1 failed (non-finite loss or error), 3 blocked (ImageNet weights missing),
-    4 busy (another process trains this run), 75 interrupted (checkpoint written; run again to resume).
+    Exit codes: 0 finished (or already finished), 1 failed (non-finite numbers, disk full, store read-only, any
+    other error: one line, the traceback in the run's train.log or with --debug), 2 bad config, 3 blocked
+    (ImageNet weights missing), 4 busy (another process trains this run, from this folder or, through its claim
+    in the MLflow store, from any other), 75 interrupted (checkpoint written; run again to resume).
     """
     import signal
 
@@ -205,6 +231,7 @@ def train_cmd(
         _fail("interrupted during start-up; run the same command to resume", 75)  # trainer.EXIT_INTERRUPTED
 
     cfg = _load_config_args(args)
+    _quiet_unless(debug)
     try:
         tracker = MLflowTracker(tracking_uri)
         result = trainer.fit(
@@ -218,7 +245,7 @@ def train_cmd(
     except KeyboardInterrupt:
         _fail("interrupted; the last checkpoint is kept, run the same command to resume", trainer.EXIT_INTERRUPTED)
     except Exception as exc:  # the traceback is in <run_dir>/train.log
-        _fail(f"{type(exc).__name__}: {exc}", trainer.EXIT_FAILED)
+        _fail_on(exc, debug, trainer.EXIT_FAILED, tracking_uri)
     typer.echo(f"{result.status}: {result.message}")
     typer.echo(f"run folder: {result.run_dir}   MLflow run: {result.run_id}   store: {tracker.uri}")
     if result.test_metrics:
@@ -294,16 +321,19 @@ def run_ablation_cmd(
     cluster: Optional[str] = typer.Option(None, "--cluster", help="slurm: submitit cluster (default auto; "
                                           "'local' runs the array on this machine)."),
     wait: bool = typer.Option(False, "--wait/--no-wait", help="slurm: wait for every task and report."),
+    debug: bool = _debug_option(),
 ) -> None:
     """Run every row × seed of a grid: skip finished runs, resume interrupted ones, pack the rest on the GPUs.
 
-    Exit codes: 0 all finished (or skipped, or running elsewhere), 1 a run failed, 3 runs blocked (ImageNet
-    weights missing; the message says where to put the file), 130 interrupted (run the command again to resume).
+    Exit codes: 0 all finished (or skipped, or running elsewhere), 1 a run failed (or the store cannot be used:
+    one line, the traceback with --debug), 2 bad grid or options, 3 runs blocked (ImageNet weights missing; the
+    message says where to put the file), 130 interrupted (run the command again to resume).
     """
     from md2bench.config import ConfigError, parse_overrides
     from md2bench.grid import GridError, load_grid
     from md2bench.orchestrator import OrchestratorError, run_grid
 
+    _quiet_unless(debug)
     try:
         grid = load_grid(grid_name)
         extra = parse_overrides(list(sets or []))
@@ -328,6 +358,10 @@ def run_ablation_cmd(
             _fail(f"--backend {backend!r}: choose local or slurm")
     except (GridError, ConfigError, OrchestratorError) as exc:
         _fail(str(exc))
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:
+        _fail_on(exc, debug, 1, tracking_uri)
     raise typer.Exit(0 if dry_run else result.exit_code)
 
 
@@ -350,15 +384,21 @@ def report_cmd(
     images: int = typer.Option(3, "--images", help="Test images in the qualitative grid."),
     device: str = typer.Option("cpu", "--device", help="Where the qualitative predictions run (cpu, cuda)."),
     log: bool = typer.Option(True, "--log/--no-log", help="Log the report on the grid's MLflow parent run."),
+    debug: bool = _debug_option(),
 ) -> None:
     """Tables (Markdown, LaTeX, CSV, HTML) and figures of a grid's runs, the paper's numbers beside ours."""
     from md2bench.report import ReportError, build_report
 
+    _quiet_unless(debug)
     try:
         report = build_report(target, out, tracking_uri, figures=figures, qualitative=qualitative and figures,
                               log_to_mlflow=log, num_images=images, device=device)
     except ReportError as exc:
         _fail(str(exc))
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:
+        _fail_on(exc, debug, 1, tracking_uri)
     done = int((report.summary["n"] > 0).sum())
     typer.echo(f"report of {report.experiment}: {done}/{len(report.summary)} rows with finished runs, "
                f"{len(report.files)} files in {report.out_dir} (open {report.out_dir / 'README.md'})")
@@ -390,17 +430,23 @@ def tune_cmd(
         None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)."
     ),
     progress: bool = typer.Option(False, "--progress/--no-progress", help="Show each trial's progress bar."),
+    debug: bool = _debug_option(),
 ) -> None:
     """Search hyperparameters with Optuna (TPE, median pruning); each trial is an MLflow run under the study run."""
     from md2bench.config import ConfigError
     from md2bench.tune import TuneError, run_study
 
+    _quiet_unless(debug)
     source, overrides = _split_config_args(list(args or []))
     try:
         result = run_study(source, space, study_name=study, trials=trials, overrides=overrides, storage=storage,
                            tracking_uri=tracking_uri, gpus=gpus, seed=seed, export=export, progress=progress)
     except (TuneError, ConfigError) as exc:
         _fail(str(exc))
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:
+        _fail_on(exc, debug, 1, tracking_uri)
     states: dict[str, int] = {}
     for t in result.trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1

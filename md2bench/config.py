@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -450,9 +451,12 @@ def _coerce(section: str, name: str, f: dataclasses.Field, value: Any) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{label} must be a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{label} must be a number, got {value!r}") from exc
+        if not math.isfinite(number):
+            raise ConfigError(f"{label} must be a finite number, got {value!r}; give a real value, e.g. {default!r}")
+        return number
     if isinstance(default, str):
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{label} must be a string, got {value!r}")

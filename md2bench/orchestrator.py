@@ -9,11 +9,16 @@ writes ``DONE`` when finished. Exit codes: 0 finished, 1 failed, 3 blocked (Imag
 
 Order of work in ``run_grid``:
 
+0. Runs of the grid's experiment left RUNNING by processes that are gone (a trainer or orchestrator killed with
+   SIGKILL, or zombies of older versions without heartbeats) are marked KILLED (``md2bench.end_reason`` =
+   ``owner-gone`` / ``zombie``); see ``MLflowTracker.reap_stale_runs``.
 1. ``plan``: each ``RunSpec`` is ``skip`` (``DONE`` marker, or a FINISHED MLflow run with its
-   ``md2bench.run_key`` in the grid's experiment), ``resume`` (``checkpoint.pt`` present) or ``train``.
+   ``md2bench.run_key`` in the grid's experiment), ``busy`` (a live claim on its key anywhere in the store: another
+   orchestrator or trainer, from any folder or machine, trains it now), ``resume`` (``checkpoint.pt`` present) or
+   ``train``. The trainer claims the key again, atomically, before its first step (exit 4 when it lost a race).
 2. The MLflow experiment (named after the grid) and one parent run (tags ``md2bench.grid``,
-   ``md2bench.kind=grid``, ``md2bench.commit``) are created once, before any worker starts: concurrent first
-   writes to a fresh SQLite store race on its schema.
+   ``md2bench.kind=grid``, ``md2bench.commit``, owner and heartbeat tags refreshed while the grid runs) are
+   created once, before any worker starts.
 3. Slots (``detect_slots``): K runs per GPU, each child pinned with ``CUDA_VISIBLE_DEVICES``; on a machine
    without GPUs, ``cpu_jobs`` CPU runs (``train.device = cpu``).
 4. The scheduler loop starts children on free slots, shows a live table (redrawn in place on a TTY, plain lines
@@ -22,11 +27,15 @@ Order of work in ``run_grid``:
    checkpoint and exit 75; their MLflow runs and the parent are marked KILLED.
 
 Each child's stdout and stderr go to ``<run_dir>/stdout.log`` (appended, one header per attempt); the trainer
-itself writes ``<run_dir>/train.log`` and logs to MLflow.
+itself writes ``<run_dir>/train.log`` and logs to MLflow. Children run in their own sessions (a Ctrl-C in the
+terminal reaches only the orchestrator) and get ``$MD2BENCH_PARENT_PID``: when the orchestrator dies, even by
+SIGKILL, each child stops as on SIGTERM (checkpoint, MLflow run KILLED with reason ``parent-gone``, exit 75), and
+the next invocation resumes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -42,7 +51,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO
 
 from md2bench.config import Config
 from md2bench.grid import Grid, RunSpec
-from md2bench.tracking import MLflowTracker, git_commit, resolve_uri
+from md2bench.tracking import END_INTERRUPTED, RUN_KEY_TAG, Claim, Heartbeat, MLflowTracker, git_commit, resolve_uri
 
 # Trainer exit codes (md2bench.trainer).
 EXIT_OK = 0
@@ -50,6 +59,7 @@ EXIT_FAILED = 1
 EXIT_BLOCKED = 3
 EXIT_BUSY = 4
 EXIT_INTERRUPTED = 75
+PARENT_PID_ENV = "MD2BENCH_PARENT_PID"  # md2bench.trainer.PARENT_PID_ENV: children stop when this pid is gone
 
 DONE_MARKER = "DONE"
 CHECKPOINT = "checkpoint.pt"
@@ -86,7 +96,8 @@ class PlanItem:
 
     Attributes:
         spec: the run.
-        action: ``"train"`` (from scratch), ``"resume"`` (checkpoint present) or ``"skip"`` (already finished).
+        action: ``"train"`` (from scratch), ``"resume"`` (checkpoint present), ``"skip"`` (already finished) or
+            ``"busy"`` (a live claim on its run key: trained elsewhere right now).
         reason: why, e.g. ``"DONE marker"`` or ``"FINISHED MLflow run 1a2b..."``.
     """
 
@@ -107,15 +118,29 @@ def finished_run_keys(tracker: MLflowTracker | None, experiment: str) -> dict[st
     return out
 
 
+def live_claims(tracker: MLflowTracker | None) -> dict[str, Claim]:
+    """``{run_key: claim}`` of the live claims in the whole store (RUNNING runs whose process is alive or whose
+    heartbeat is fresh); empty without a store."""
+    if tracker is None:
+        return {}
+    now = time.time()
+    claims: dict[str, Claim] = {}
+    for claim in tracker.running_claims(None):
+        if claim.run_key and claim.run_key not in claims and claim.is_live(now):
+            claims[claim.run_key] = claim
+    return claims
+
+
 def plan(specs: Sequence[RunSpec], tracker: MLflowTracker | None = None, experiment: str | None = None) -> list[PlanItem]:
-    """Decide skip / resume / train for each run from its folder and the MLflow store.
+    """Decide skip / busy / resume / train for each run from its folder and the MLflow store.
 
     Args:
         specs: the runs (``Grid.expand``).
-        tracker: the store to ask for FINISHED runs; None looks at run folders only.
+        tracker: the store to ask for FINISHED runs and live claims; None looks at run folders only.
         experiment: MLflow experiment to search (default: each spec's grid name).
     """
     finished: dict[str, dict[str, str]] = {}
+    claims = live_claims(tracker)
     items: list[PlanItem] = []
     for spec in specs:
         exp = experiment or spec.grid
@@ -126,6 +151,8 @@ def plan(specs: Sequence[RunSpec], tracker: MLflowTracker | None = None, experim
             items.append(PlanItem(spec, "skip", f"DONE marker in {run_dir}"))
         elif spec.run_key in finished[exp]:
             items.append(PlanItem(spec, "skip", f"FINISHED MLflow run {finished[exp][spec.run_key]}"))
+        elif spec.run_key in claims:
+            items.append(PlanItem(spec, "busy", f"being trained elsewhere: {claims[spec.run_key].describe()}"))
         elif (run_dir / CHECKPOINT).is_file():
             items.append(PlanItem(spec, "resume", f"checkpoint from {_mtime(run_dir / CHECKPOINT)}"))
         else:
@@ -328,6 +355,7 @@ def child_env(gpu: str | None, threads: int | None = None, base: Mapping[str, st
     root = str(package_root())
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
+    env[PARENT_PID_ENV] = str(os.getpid())  # the child stops itself when this process is gone
     if threads is not None and "OMP_NUM_THREADS" not in os.environ:
         env["OMP_NUM_THREADS"] = str(max(1, threads))
     return env
@@ -643,10 +671,13 @@ def run_grid(
         return _dry_run(grid, specs, uri, gpus, runs_per_gpu, cpu_jobs, out)
 
     tracker = MLflowTracker(uri)
+    tracker.require_writable()
     # Experiment and parent run are created here, once, before any child opens the store.
     tracker.experiment_id(grid.name)
+    for claim in tracker.reap_stale_runs(grid.name):
+        out.write(f"marked KILLED: {claim.describe()} was left RUNNING by a process that is gone\n")
     items = plan(specs, tracker, grid.name)
-    todo = [i for i in items if i.action != "skip"]
+    todo = [i for i in items if i.action in ("train", "resume")]
     slots = detect_slots(gpus, runs_per_gpu, cpu_jobs, [i.spec for i in todo], measure=bool(todo))
     parent = tracker.start_run(
         experiment=grid.name,
@@ -658,6 +689,38 @@ def run_grid(
             "md2bench.backend": "local",
         },
     )
+    parent.claim_tags()
+    heartbeat = Heartbeat(parent).start()
+    try:
+        return _run_parent(grid, specs, items, slots, parent, tracker, uri, out, seeds=seeds, retries=retries,
+                           live=live, poll_s=poll_s, stop_grace_s=stop_grace_s, on_start=on_start)
+    except BaseException:
+        heartbeat.stop()
+        with contextlib.suppress(Exception):
+            parent.end("FAILED", "error")
+        raise
+    finally:
+        heartbeat.stop()
+
+
+def _run_parent(
+    grid: Grid,
+    specs: Sequence[RunSpec],
+    items: Sequence[PlanItem],
+    slots: Sequence[Slot],
+    parent: Any,
+    tracker: MLflowTracker,
+    uri: str,
+    out: TextIO,
+    *,
+    seeds: int | None,
+    retries: int,
+    live: bool | None,
+    poll_s: float,
+    stop_grace_s: float,
+    on_start: Callable[[RunSpec, subprocess.Popen], None] | None,
+) -> GridResult:
+    """The body of ``run_grid`` under its parent run: schedule, reap, display, end the parent."""
     parent.log_params(
         {
             "grid.path": str(grid.path or ""),
@@ -678,11 +741,14 @@ def run_grid(
         if item.action == "skip":
             outcome.state, outcome.message = SKIPPED, item.reason
             display.event(f"skip   {item.spec.run_name} ({item.spec.run_key}): {item.reason}")
+        elif item.action == "busy":
+            outcome.state, outcome.message = BUSY, item.reason
+            display.event(f"busy   {item.spec.run_name} ({item.spec.run_key}): {item.reason}; not started here")
         else:
             outcome.resumed = item.action == "resume"
             queue.append(outcome)
     display.event(
-        f"grid {grid.name}: {len(specs)} runs, {len(queue)} to train, {len(specs) - len(queue)} skipped; "
+        f"grid {grid.name}: {len(specs)} runs, {len(queue)} to train, {len(specs) - len(queue)} skipped or busy; "
         f"slots: {', '.join(s.label for s in slots)}; MLflow parent run {parent.run_id} at {uri}"
     )
 
@@ -725,7 +791,8 @@ def run_grid(
         for a in active.values():  # an exception in the loop: do not leave children behind
             _terminate(a.proc, signal.SIGKILL)
             a.log.close()
-        parent.end("FAILED")
+            with contextlib.suppress(Exception):
+                _mark_killed(tracker, grid.name, a.outcome.spec, "error")
         raise
     finally:
         _restore_handlers(previous)
@@ -734,7 +801,10 @@ def run_grid(
     result = GridResult(grid.name, parent.run_id, list(outcomes.values()), interrupted=flag.stop)
     counts = result.counts()
     parent.log_metrics({f"grid/{state}": float(n) for state, n in counts.items()}, step=0)
-    parent.end("KILLED" if flag.stop else ("FAILED" if FAILED in counts else "FINISHED"))
+    if flag.stop:
+        parent.end("KILLED", END_INTERRUPTED)
+    else:
+        parent.end("FAILED" if FAILED in counts else "FINISHED")
     display.event(_final_summary(result))
     return result
 
@@ -786,7 +856,8 @@ def _finish(
         display.event(f"blocked {spec.run_name} ({spec.run_key}):\n{_indent(o.message)}")
         return False
     if code == EXIT_BUSY:
-        o.state, o.message = BUSY, "another process is training this run (its lock is held)"
+        o.state = BUSY
+        o.message = "another process is training this run (its folder lock or its claim in the MLflow store is held)"
         display.event(f"busy   {spec.run_name} ({spec.run_key}): running elsewhere, not started here")
         return False
     if stopping:
@@ -822,11 +893,14 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-def _mark_killed(tracker: MLflowTracker, experiment: str, spec: RunSpec) -> None:
-    """Mark the run's still-RUNNING MLflow runs KILLED (the trainer may already have done so)."""
+def _mark_killed(tracker: MLflowTracker, experiment: str, spec: RunSpec, reason: str = END_INTERRUPTED) -> None:
+    """Mark the run's still-RUNNING MLflow runs KILLED once their process is gone (the trainer may already have
+    done so); a live claim of another process on the same key is left alone."""
     try:
-        for run in tracker.find_runs(experiment, tags={"md2bench.run_key": spec.run_key}, statuses=["RUNNING"]):
-            tracker.client.set_terminated(run.info.run_id, "KILLED")
+        now = time.time()
+        for claim in tracker.running_claims(experiment, {RUN_KEY_TAG: spec.run_key}):
+            if not claim.is_live(now):
+                tracker.mark_dead(claim, now, reason)
     except Exception as exc:  # the store is best effort here: the run folder is the source of truth
         print(f"warning: could not mark {spec.run_name} KILLED in MLflow: {exc}", file=sys.stderr)
 
@@ -936,7 +1010,7 @@ def _dry_run(
 ) -> GridResult:
     tracker = _existing_store(uri)
     items = plan(specs, tracker, grid.name)
-    todo = [i.spec for i in items if i.action != "skip"]
+    todo = [i.spec for i in items if i.action in ("train", "resume")]
     slots = detect_slots(gpus, runs_per_gpu, cpu_jobs, todo, measure=False)
     out.write(f"grid {grid.name} ({grid.path}): {len(grid.rows)} rows × {len(grid.seeds_for(None))} seeds listed; "
               f"{len(specs)} runs selected\n")
@@ -947,7 +1021,7 @@ def _dry_run(
     rows = []
     for n, item in enumerate(items):
         spec = item.spec
-        device = "-" if item.action == "skip" else slots[n % len(slots)].label
+        device = "-" if item.action in ("skip", "busy") else slots[n % len(slots)].label
         blocked = _weights_missing(spec.config)
         note = item.reason or ("will be blocked: ImageNet weights missing" if blocked else "")
         rows.append((spec.row, str(spec.seed), spec.run_key, device, item.action, note))
@@ -956,8 +1030,9 @@ def _dry_run(
     for r in [header, *rows]:
         out.write("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() + "\n")
     images, seconds = estimate_seconds(todo, slots)
-    actions = {a: sum(1 for i in items if i.action == a) for a in ("train", "resume", "skip")}
-    out.write(f"{actions['train']} to train, {actions['resume']} to resume, {actions['skip']} to skip\n")
+    actions = {a: sum(1 for i in items if i.action == a) for a in ("train", "resume", "skip", "busy")}
+    out.write(f"{actions['train']} to train, {actions['resume']} to resume, {actions['skip']} to skip"
+              + (f", {actions['busy']} busy elsewhere" if actions["busy"] else "") + "\n")
     out.write(
         f"estimate (rough, ±2× at best): {images:,.0f} training images; about {_fmt_duration(seconds)} on "
         f"{len(slots)} slot(s), assuming ~{ROUGH_IMAGES_PER_S['cuda' if slots and slots[0].gpu else 'cpu']:.0f} "
@@ -965,7 +1040,8 @@ def _dry_run(
         f"resumed runs are counted in full; measure with `md2bench bench`\n"
     )
     out.flush()
-    outcomes = [RunOutcome(i.spec, SKIPPED if i.action == "skip" else "queued", message=i.reason) for i in items]
+    states = {"skip": SKIPPED, "busy": BUSY}
+    outcomes = [RunOutcome(i.spec, states.get(i.action, "queued"), message=i.reason) for i in items]
     return GridResult(grid.name, None, outcomes)
 
 

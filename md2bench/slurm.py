@@ -47,7 +47,7 @@ from md2bench.orchestrator import (
     train_command,
     write_launch_config,
 )
-from md2bench.tracking import MLflowTracker, git_commit, resolve_uri
+from md2bench.tracking import Heartbeat, MLflowTracker, git_commit, resolve_uri
 
 STOP_GRACE_S = 60.0  # how long the trainer gets to checkpoint when the task is pre-empted
 
@@ -194,6 +194,7 @@ def run_grid_slurm(
         tags={"md2bench.grid": grid.name, "md2bench.kind": "grid", "md2bench.commit": git_commit(),
               "md2bench.backend": "slurm" if cluster in (None, "slurm") else str(cluster)},
     )
+    parent.claim_tags()  # owner and heartbeat: a later invocation can tell a live submitter from a dead one
     outcomes: list[RunOutcome] = []
     todo: list[RunOutcome] = []
     for item in items:
@@ -201,6 +202,9 @@ def run_grid_slurm(
         if item.action == "skip":
             o.state, o.message = SKIPPED, item.reason
             out.write(f"skip   {item.spec.run_name} ({item.spec.run_key}): {item.reason}\n")
+        elif item.action == "busy":
+            o.state, o.message = BUSY, item.reason
+            out.write(f"busy   {item.spec.run_name} ({item.spec.run_key}): {item.reason}\n")
         else:
             todo.append(o)
         outcomes.append(o)
@@ -247,8 +251,9 @@ def run_grid_slurm(
                   f"--backend slurm` again skips finished runs and resubmits the rest\n")
         return GridResult(grid.name, parent.run_id, outcomes)
 
-    while not all(job.done() for job in jobs):
-        time.sleep(poll_s)
+    with Heartbeat(parent):
+        while not all(job.done() for job in jobs):
+            time.sleep(poll_s)
     for o, job in zip(todo, jobs):
         o.attempts = 1
         try:

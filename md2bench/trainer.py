@@ -7,6 +7,18 @@ One run lives in ``<cfg.train.out_dir>/<cfg.run_key>/``:
   seconds of training; never after a non-finite loss, so the last good state survives a divergence.
 - ``config.toml``: the config as trained; ``train.log``: a plain-text log; ``.lock``: the concurrency guard;
   ``DONE``: a JSON marker (MLflow run id, test metrics, validation history) written when the run finished.
+- ``mlflow_run.json``: the MLflow run id (with the store and experiment), written as soon as the run is claimed,
+  before the first step: a rerun after a kill that came before the first checkpoint continues the same run.
+- ``DIVERGED``: a JSON marker written when the run failed on non-finite numbers; a rerun with the same config
+  says so and stops (``--no-resume`` starts over).
+
+Run lifecycle (with a tracker): before training, the run claims its ``run_key`` in the whole MLflow store
+(``MLflowTracker.claim_run_key``: a RUNNING run owned by this process with a heartbeat it refreshes), so a second
+process, from any folder, finds it busy (exit 4). Every exit path after the claim ends the run with a true status
+and ``md2bench.end_reason`` (``finished``, ``non-finite``, ``error``, ``interrupted``, ``parent-gone``,
+``pruned``). A trainer started by the orchestrator (``$MD2BENCH_PARENT_PID``) stops itself like on SIGTERM when
+that process dies. Checkpoints are written only when the weights, optimiser state and the epoch's validation are
+finite.
 
 Exactness of resume (on CPU, bit for bit; on GPU up to the non-deterministic ``grid_sample`` backward): the
 data order of epoch e is a permutation drawn from a generator seeded by (seed, e), a resumed epoch skips the
@@ -57,7 +69,7 @@ from md2bench.config import NON_SEMANTIC, Config
 
 # ----- exit codes of ``md2bench train`` (the orchestrator relies on these numbers) ----------------------------
 EXIT_FINISHED = 0
-EXIT_FAILED = 1  # non-finite loss or an exception
+EXIT_FAILED = 1  # non-finite loss, validation or weights, or an exception (disk full, store read-only ...)
 EXIT_BLOCKED = 3  # ImageNet weights file missing (md2bench.models.encoder.WeightsNotFoundError)
 EXIT_BUSY = 4  # another process holds the run's lock (RunBusyError)
 EXIT_INTERRUPTED = 75  # SIGTERM/SIGINT: checkpoint written, resume later (EX_TEMPFAIL)
@@ -67,6 +79,10 @@ CONFIG_NAME = "config.toml"
 LOG_NAME = "train.log"
 DONE_NAME = "DONE"
 LOCK_NAME = ".lock"
+RUN_ID_NAME = "mlflow_run.json"
+DIVERGED_NAME = "DIVERGED"
+PARENT_PID_ENV = "MD2BENCH_PARENT_PID"  # set by the orchestrator: the trainer stops when that process is gone
+PARENT_POLL_S = 1.0
 CHECKPOINT_EVERY_S = 600.0  # also checkpoint mid-epoch this often (pre-emption by SIGKILL loses at most this)
 # Config keys a resumed checkpoint may differ in besides the non-semantic ones: the step budget.
 RESUMABLE_DIFFERENCES = frozenset({"train.max_steps"})
@@ -79,7 +95,13 @@ class RunBusyError(RuntimeError):
     """Another process is training this run (it holds ``<run_dir>/.lock``)."""
 
 
-class NonFiniteLossError(RuntimeError):
+class DivergenceError(RuntimeError):
+    """Training produced NaN or infinite numbers (loss, validation or weights) at ``step``."""
+
+    step: int = 0
+
+
+class NonFiniteLossError(DivergenceError):
     """The loss became NaN or infinite; carries the step and the offending diagnostic terms."""
 
     def __init__(self, step: int, terms: Mapping[str, float], total: float) -> None:
@@ -88,6 +110,26 @@ class NonFiniteLossError(RuntimeError):
         self.step = step
         self.terms = dict(terms)
         self.total = total
+
+
+class NonFiniteValidationError(DivergenceError):
+    """The epoch's validation metrics are NaN or infinite (the weights no longer give finite predictions)."""
+
+    def __init__(self, step: int, epoch: int, values: Mapping[str, float]) -> None:
+        named = ", ".join(f"{k}={v}" for k, v in list(values.items())[:8])
+        super().__init__(f"non-finite validation after epoch {epoch} (step {step}): {named}")
+        self.step = step
+        self.values = dict(values)
+
+
+class NonFiniteStateError(DivergenceError):
+    """Weights or optimiser state hold NaN or infinite values; no checkpoint is written from them."""
+
+    def __init__(self, step: int, names: list[str]) -> None:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        super().__init__(f"non-finite weights or optimiser state at step {step}: {shown}")
+        self.step = step
+        self.names = list(names)
 
 
 @dataclass
@@ -573,11 +615,18 @@ def _run_lock(run_dir: Path) -> Iterator[None]:
         handle.close()  # closing releases the lock
 
 
+class _QuietFileHandler(logging.FileHandler):
+    """A file handler that drops a record it cannot write (a full disk) instead of printing a traceback."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        pass
+
+
 def _make_logger(run_dir: Path, run_key: str) -> tuple[logging.Logger, logging.Handler]:
     logger = logging.getLogger(f"md2bench.trainer.{run_key}")
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    handler = logging.FileHandler(run_dir / LOG_NAME)
+    handler = _QuietFileHandler(run_dir / LOG_NAME)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(handler)
     return logger, handler
@@ -602,6 +651,55 @@ def _write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _write_run_id(run_dir: Path, run_id: str, tracking_uri: str, experiment_id: str) -> None:
+    """Persist the MLflow run id in ``<run_dir>/mlflow_run.json`` (before the first step)."""
+    _write_json_atomic(run_dir / RUN_ID_NAME, {"run_id": run_id, "tracking_uri": tracking_uri,
+                                               "experiment_id": experiment_id, "written_at": time.time()})
+
+
+def _read_run_id(run_dir: Path, tracking_uri: str) -> str | None:
+    """The run id in ``mlflow_run.json`` when it was written for the same store; None otherwise."""
+    try:
+        data = json.loads((run_dir / RUN_ID_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("tracking_uri") != tracking_uri:
+        return None
+    return str(data.get("run_id") or "") or None
+
+
+def _diverged_before(run_dir: Path) -> RunResult | None:
+    """A FAILED result saying the run diverged before (``DIVERGED`` marker), or None when it did not."""
+    try:
+        data = json.loads((run_dir / DIVERGED_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    ckpt = run_dir / CHECKPOINT_NAME
+    kept = (f"its last finite checkpoint {ckpt} (step {data.get('checkpoint_step')}) would be resumed"
+            if ckpt.is_file() else "no checkpoint of it exists")
+    message = (f"this run diverged before ({data.get('error', 'non-finite values')}; MLflow run "
+               f"{data.get('run_id') or '-'}) and {kept}: the same config would diverge the same way. Lower "
+               f"train.lr (it was {data.get('lr')}) or change another setting (a changed config is a new run), or "
+               "pass --no-resume (resume=False) to start this run over from step 0")
+    return RunResult("FAILED", data.get("run_id") or None, run_dir, steps=int(data.get("step", 0)), message=message)
+
+
+def _nonfinite_state(models: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """Names of parameters, buffers and optimiser-state tensors holding NaN or infinite values."""
+    bad = [name for name, t in [*models.named_parameters(), *models.named_buffers()]
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    for index, (param, state) in enumerate(optimizer.state.items()):
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                bad.append(f"optimizer.state[{index}].{key}")
+    return bad
+
+
+def _nonfinite_values(metrics: Mapping[str, float]) -> dict[str, float]:
+    """The entries of ``metrics`` that are NaN or infinite."""
+    return {k: float(v) for k, v in metrics.items() if not math.isfinite(float(v))}
+
+
 def _check_resumable(stored: Config, cfg: Config, where: Path) -> None:
     """A checkpoint may be resumed with the same semantic config, the step budget aside."""
     a, b = stored.flat(), cfg.flat()
@@ -624,16 +722,27 @@ def _resolve_data(cfg: Config) -> Config:
 
 
 class _StopFlag:
-    """Set by SIGTERM/SIGINT; a second signal raises ``KeyboardInterrupt`` (force quit)."""
+    """Set by SIGTERM/SIGINT (or by ``_ParentWatch``); a second signal raises ``KeyboardInterrupt`` (force quit).
+
+    ``reason`` is the MLflow end reason of the stop: ``interrupted``, or ``parent-gone`` when the orchestrator
+    that started this trainer died.
+    """
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self.reason = "interrupted"
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signal is not None:
             raise KeyboardInterrupt(f"second signal {signal.Signals(signum).name}: stopping without a checkpoint")
         self.signal = signum
+
+    def request(self, signum: int, reason: str) -> None:
+        """Ask for a stop as a signal would (from another thread); a no-op when a stop is already asked."""
+        if self.signal is None:
+            self.reason = reason
+            self.signal = signum
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -649,6 +758,89 @@ class _StopFlag:
     @property
     def name(self) -> str:
         return signal.Signals(self.signal).name if self.signal is not None else ""
+
+
+class _ParentWatch:
+    """Stops the run (as SIGTERM would) when the orchestrator that started it is gone.
+
+    The orchestrator starts each trainer in its own session (so Ctrl-C in a terminal reaches only the
+    orchestrator) and names itself in ``$MD2BENCH_PARENT_PID``; when it dies, even by SIGKILL, this process is
+    re-parented and the watch asks for a stop: checkpoint, MLflow run KILLED with reason ``parent-gone``, exit 75.
+    """
+
+    def __init__(self, stop: _StopFlag, logger: logging.Logger, poll_s: float = PARENT_POLL_S) -> None:
+        text = os.environ.get(PARENT_PID_ENV, "")
+        self.parent = int(text) if text.isdigit() else None
+        self.stop_flag = stop
+        self.logger = logger
+        self.poll_s = poll_s
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def parent_gone(self) -> bool:
+        return self.parent is not None and os.getppid() != self.parent
+
+    def start(self) -> "_ParentWatch":
+        if self.parent is None:
+            return self
+        self._thread = threading.Thread(target=self._loop, name="md2bench-parent-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while True:
+            if self.parent_gone():
+                self.logger.warning("the orchestrator (pid %d) is gone: stopping this run", self.parent)
+                self.stop_flag.request(signal.SIGTERM, "parent-gone")
+                return
+            if self._done.wait(self.poll_s):
+                return
+
+    def close(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+class _RunLifecycle:
+    """The MLflow run of one ``fit`` from its claim to its end: ended exactly once, with a status and a reason.
+
+    ``fit`` ends it on every exit path the training code did not (an exception in start-up after the claim, a
+    forced quit), so no run stays RUNNING while its process is gone; only SIGKILL escapes, and then the stale
+    heartbeat lets the next invocation mark it.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self.run: Any = None
+        self.heartbeat: Any = None
+        self.ended = False
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run.run_id if self.run is not None else None
+
+    def attach(self, run: Any) -> None:
+        """Take over a claimed run and keep its heartbeat fresh until it ends."""
+        from md2bench.tracking import Heartbeat
+
+        self.run = run
+        self.heartbeat = Heartbeat(run).start()
+
+    def end(self, status: str, reason: str, failure: str | None = None) -> None:
+        """End the run (idempotent, best effort: a store that cannot be written is logged, not raised)."""
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+            self.heartbeat = None
+        if self.run is None or self.ended:
+            return
+        self.ended = True
+        try:
+            if failure:
+                self.run.set_tags({"md2bench.failure": failure[:5000]})
+            self.run.end(status, reason)
+        except Exception as exc:  # e.g. the store's disk is full: the next invocation marks the run instead
+            self.logger.warning("could not mark MLflow run %s %s: %s", self.run.run_id, status, exc)
 
 
 # ============================================================================================ fit
@@ -689,40 +881,60 @@ def fit(
         progress: show a tqdm bar (images/s, ETA).
 
     Returns:
-        A ``RunResult``; FAILED for a non-finite loss (the last good checkpoint is kept), KILLED after
-        SIGTERM/SIGINT (checkpoint written; resume continues exactly).
+        A ``RunResult``; FAILED for non-finite numbers (only finite checkpoints are ever written; the message
+        names the one that exists, if any) and for a rerun of such a run (``DIVERGED`` marker; ``resume=False``
+        starts over); KILLED after SIGTERM/SIGINT (checkpoint written; resume continues exactly); FINISHED
+        without training when the store already holds a FINISHED run of this key in ``experiment`` (resume only).
 
     Raises:
-        RunBusyError: another process is training this run.
+        RunBusyError: another process is training this run (its folder lock, or a live claim in the store).
         md2bench.models.encoder.WeightsNotFoundError: ImageNet weights are requested but not on disk.
+        md2bench.tracking.StoreError: the MLflow store cannot be written (read-only ...).
+        md2bench.checkpoint.CheckpointWriteError: a checkpoint could not be written (disk full ...).
     """
+    from md2bench.errors import describe_failure
+
     run_dir = Path(cfg.train.out_dir) / cfg.run_key
     run_dir.mkdir(parents=True, exist_ok=True)
     with _run_lock(run_dir):
         if resume and (run_dir / DONE_NAME).exists():
             return _read_done(run_dir)
+        diverged = _diverged_before(run_dir) if resume else None
+        if diverged is not None:
+            return diverged
         if not resume:
-            for name in (DONE_NAME, CHECKPOINT_NAME):
+            for name in (DONE_NAME, CHECKPOINT_NAME, RUN_ID_NAME, DIVERGED_NAME):
                 (run_dir / name).unlink(missing_ok=True)
         logger, handler = _make_logger(run_dir, cfg.run_key)
         # Installed before start-up (data, networks, MLflow), not just before the loop: a stop request that
         # arrives while the run starts is then an interruption (KILLED, exit 75), not a crash.
         stop = _StopFlag()
         stop.install()
+        life = _RunLifecycle(logger)
+        watch = _ParentWatch(stop, logger).start()
+        uri = getattr(tracker, "uri", None)
         try:
             return _fit_locked(
-                cfg, tracker, run_dir, logger, stop, experiment=experiment, run_name=run_name, tags=tags,
-                parent_run_id=parent_run_id, epoch_callback=epoch_callback, progress=progress,
+                cfg, tracker, run_dir, logger, stop, life, experiment=experiment, run_name=run_name, tags=tags,
+                parent_run_id=parent_run_id, resume=resume, epoch_callback=epoch_callback, progress=progress,
             )
         except Exception as exc:
             if stop.signal is None:
+                logger.exception("run failed: %s", exc)
+                life.end("FAILED", "error", describe_failure(exc, uri))
                 raise
             # Start-up broke because of the stop (e.g. SIGTERM reached a helper process): still an interruption.
             message = (f"interrupted by {stop.name} during start-up ({type(exc).__name__}: {exc}); "
                        "run again to resume")
             logger.warning(message)
-            return RunResult("KILLED", None, run_dir, message=message)
+            life.end("KILLED", stop.reason)
+            return RunResult("KILLED", life.run_id, run_dir, message=message)
+        except BaseException:  # a forced quit (second signal) or SystemExit: still a true end for the run
+            life.end("KILLED", stop.reason)
+            raise
         finally:
+            life.end("FAILED", "error", "the trainer returned without ending its MLflow run")  # no-op if ended
+            watch.close()
             stop.restore()
             logger.removeHandler(handler)
             handler.close()
@@ -734,11 +946,13 @@ def _fit_locked(
     run_dir: Path,
     logger: logging.Logger,
     stop: _StopFlag,
+    life: _RunLifecycle,
     *,
     experiment: str,
     run_name: str | None,
     tags: Mapping[str, Any] | None,
     parent_run_id: str | None,
+    resume: bool,
     epoch_callback: EpochCallback | None,
     progress: bool,
 ) -> RunResult:
@@ -749,6 +963,12 @@ def _fit_locked(
     from md2bench.models import build_models
 
     device = resolve_device(cfg.train.device)
+    if tracker is not None and hasattr(tracker, "require_writable"):
+        tracker.require_writable()  # a read-only store fails here, before the data and networks are set up
+        busy = tracker.live_claim(cfg.run_key)  # the same early: trained elsewhere right now
+        if busy is not None:
+            raise RunBusyError(f"run {cfg.run_key} is being trained elsewhere: {busy.describe()}; wait for it to "
+                               "finish or stop that process")
     cfg = _resolve_data(cfg)
     seed_everything(cfg.train.seed)
     if device.type == "cuda":
@@ -815,29 +1035,30 @@ def _fit_locked(
         previous_run_id = state.get("mlflow_run_id") or None
         same_run = stored.run_key == cfg.run_key
         logger.info("resuming %s at epoch %d, batch %d, step %d", ckpt_path, pos.epoch, pos.batch, pos.step)
+    elif tracker is not None:  # killed before its first checkpoint: continue the MLflow run it had started
+        previous_run_id = _read_run_id(run_dir, tracker.uri)
+        same_run = previous_run_id is not None
+        if previous_run_id:
+            logger.info("no checkpoint; continuing MLflow run %s from step 0", previous_run_id)
+    saved_step: int | None = pos.step if ckpt_path.exists() else None  # the checkpoint on disk, if any
 
     if stop.signal is not None:  # stopped during start-up: leave no MLflow run, keep any checkpoint as it is
         message = f"interrupted by {stop.name} during start-up (step {pos.step}); run again to resume"
         logger.warning(message)
         return RunResult("KILLED", None, run_dir, {}, val_history, pos.step, message)
 
-    # ----- tracking
+    # ----- tracking: claim the run key in the store, persist the run id before the first step
     run = None
     if tracker is not None:
-        if previous_run_id and same_run:
-            try:
-                run = tracker.resume_run(previous_run_id)
-            except Exception as exc:  # the run is gone or lives in another store: start a new one
-                logger.warning("could not re-open MLflow run %s (%s); starting a new run", previous_run_id, exc)
+        run, finished_id = _claim_tracked_run(
+            tracker, cfg, device, run_dir, logger, experiment=experiment, run_name=run_name, tags=tags,
+            parent_run_id=parent_run_id, adopt_run_id=previous_run_id if same_run else None,
+            resumed_from=previous_run_id, resume=resume,
+        )
         if run is None:
-            run_tags = _run_tags(cfg, device, tags)
-            if previous_run_id:
-                run_tags["md2bench.resumed_from"] = previous_run_id
-            run = tracker.start_run(experiment, run_name=run_name or cfg.name, tags=run_tags,
-                                    parent_run_id=parent_run_id)
-            run.log_params(cfg.flat())
-        else:
-            run.set_tags(_run_tags(cfg, device, tags))
+            return _finished_elsewhere(tracker, finished_id, run_dir, logger)
+        life.attach(run)
+        _write_run_id(run_dir, run.run_id, tracker.uri, run.experiment_id)
         run.log_text(cfg.to_toml(), CONFIG_NAME)
     run_id = run.run_id if run is not None else None
     cfg.save(run_dir / CONFIG_NAME)
@@ -857,14 +1078,24 @@ def _fit_locked(
             "config": cfg.to_dict(),
             "run_key": cfg.run_key,
             "mlflow_run_id": run_id or "",
-            "val_history": val_history,
+            "val_history": list(val_history),
             "torch_version": str(torch.__version__),
             "saved_at": time.time(),
         }
 
-    def end_run(status: str) -> None:
-        if run is not None:
-            run.end(status)
+    def save_now(state: Mapping[str, Any] | None = None) -> None:
+        """Write the checkpoint, only from finite weights and optimiser state."""
+        nonlocal saved_step
+        bad = _nonfinite_state(models, optimizer)
+        if bad:
+            raise NonFiniteStateError(pos.step, bad)
+        save_checkpoint(ckpt_path, state if state is not None else checkpoint_state())
+        saved_step = pos.step
+
+    def require_finite(metrics: Mapping[str, float], epoch: int) -> None:
+        bad = _nonfinite_values(metrics)
+        if bad:
+            raise NonFiniteValidationError(pos.step, epoch, bad)
 
     def run_validation(epoch: int) -> dict[str, float]:
         out = validate(models, val_loader, cfg, device, cfg.train.val_batches, picture=cfg.train.image_log,
@@ -931,7 +1162,7 @@ def _fit_locked(
                 if pos.step >= total_steps or stop.signal is not None:
                     break
                 if time.monotonic() - last_save > CHECKPOINT_EVERY_S:
-                    save_checkpoint(ckpt_path, checkpoint_state())
+                    save_now()
                     last_save = time.monotonic()
             if pos.batch >= steps_per_epoch:  # the epoch is complete
                 done_epoch = pos.epoch
@@ -939,29 +1170,33 @@ def _fit_locked(
                 pos.epoch += 1
                 pos.batch = 0
                 val_metrics = run_validation(done_epoch)  # forked RNG: the checkpoint below is unaffected
+                require_finite(val_metrics, done_epoch)  # a diverged epoch never replaces the last good checkpoint
                 validated_at_step = pos.step
-                save_checkpoint(ckpt_path, checkpoint_state())
+                save_now()
                 last_save = time.monotonic()
                 if epoch_callback is not None and epoch_callback(done_epoch, val_metrics):
                     pruned = True
                     break
-        # ----- the stop point
-        save_checkpoint(ckpt_path, checkpoint_state())
+        # ----- the stop point (the state is taken before a final validation, which cannot move it: forked RNG)
+        stop_state = checkpoint_state()
+        if stop.signal is None and not pruned and validated_at_step != pos.step:
+            require_finite(run_validation(pos.epoch), pos.epoch)  # stopped mid-epoch by max_steps: validate here
+        save_now(stop_state)
         bar.close()
         if stop.signal is not None:
             message = f"interrupted by {stop.name} at step {pos.step}; checkpoint written, resume to continue"
+            if stop.reason == "parent-gone":
+                message += " (the orchestrator that started this run is gone)"
             logger.warning(message)
-            end_run("KILLED")
+            life.end("KILLED", stop.reason)
             return RunResult("KILLED", run_id, run_dir, {}, val_history, pos.step, message)
         if pruned:
             message = f"pruned after epoch {pos.epoch - 1} (step {pos.step})"
             logger.info(message)
             if run is not None:
                 run.set_tags({"md2bench.pruned": "true"})
-            end_run("KILLED")
+            life.end("KILLED", "pruned")
             return RunResult("PRUNED", run_id, run_dir, {}, val_history, pos.step, message)
-        if validated_at_step != pos.step:  # stopped mid-epoch by max_steps: validate where we stopped
-            run_validation(pos.epoch)
         test_metrics = _final_evaluation(models, cfg, device, run_dir, run, logger, pos.step, progress)
         if run is not None:
             slim = {k: v for k, v in checkpoint_state().items() if k not in ("optimizer", "scheduler", "rng")}
@@ -973,18 +1208,21 @@ def _fit_locked(
             "run_id": run_id, "run_key": cfg.run_key, "name": cfg.name, "steps": pos.step,
             "test_metrics": test_metrics, "val_history": val_history, "finished_at": time.time(),
         })
-        end_run("FINISHED")
+        life.end("FINISHED", "finished")
         message = f"finished after {pos.step} steps: " + ", ".join(
             f"{k}={v:.4f}" for k, v in test_metrics.items() if k.count("/") == 1)
         logger.info(message)
         return RunResult("FINISHED", run_id, run_dir, test_metrics, val_history, pos.step, message)
-    except NonFiniteLossError as exc:
+    except DivergenceError as exc:
         bar.close()
-        message = f"{exc}; the last good checkpoint ({ckpt_path.name}, step <= {pos.step}) was kept"
+        message = _divergence_message(exc, cfg, ckpt_path if saved_step is not None else None, saved_step,
+                                      steps_per_epoch)
         logger.error(message)
-        if run is not None:
-            run.set_tags({"md2bench.failure": str(exc)[:5000]})
-            end_run("FAILED")
+        with contextlib.suppress(OSError):
+            _write_json_atomic(run_dir / DIVERGED_NAME, {
+                "error": str(exc), "step": exc.step, "run_id": run_id, "lr": cfg.train.lr,
+                "checkpoint_step": saved_step, "at": time.time()})
+        life.end("FAILED", "non-finite", str(exc))
         return RunResult("FAILED", run_id, run_dir, {}, val_history, pos.step, message)
     except BaseException as exc:
         bar.close()
@@ -994,15 +1232,83 @@ def _fit_locked(
             message = (f"interrupted by {stop.name} at step {pos.step} ({type(exc).__name__}: {exc}); "
                        "resume continues from the last checkpoint")
             logger.warning(message)
-            with contextlib.suppress(Exception):
-                end_run("KILLED")
+            life.end("KILLED", stop.reason)
             return RunResult("KILLED", run_id, run_dir, {}, val_history, pos.step, message)
-        logger.exception("run failed: %s", exc)
-        if run is not None:
-            with contextlib.suppress(Exception):
-                run.set_tags({"md2bench.failure": f"{type(exc).__name__}: {exc}"[:5000]})
-                end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        from md2bench.errors import describe_failure
+
+        if isinstance(exc, KeyboardInterrupt):
+            logger.exception("run stopped without a checkpoint: %s", exc)
+            life.end("KILLED", "interrupted")
+        else:  # fit logs the traceback
+            life.end("FAILED", "error", describe_failure(exc, getattr(tracker, "uri", None)))
         raise
+
+
+def _claim_tracked_run(
+    tracker: Any,
+    cfg: Config,
+    device: torch.device,
+    run_dir: Path,
+    logger: logging.Logger,
+    *,
+    experiment: str,
+    run_name: str | None,
+    tags: Mapping[str, Any] | None,
+    parent_run_id: str | None,
+    adopt_run_id: str | None,
+    resumed_from: str | None,
+    resume: bool,
+) -> tuple[Any, str | None]:
+    """Claim the run key in the store: continue ``adopt_run_id`` or start a new run; ``(run, None)``, or
+    ``(None, finished_run_id)`` when a FINISHED run of this key exists in ``experiment`` (only when resuming).
+
+    Raises:
+        RunBusyError: a live run of another process holds the key (any folder, any machine).
+    """
+    from md2bench.tracking import ClaimBusyError
+
+    run_tags = _run_tags(cfg, device, tags)
+
+    def new_run() -> Any:
+        if adopt_run_id:
+            logger.warning("could not re-open MLflow run %s; starting a new run", adopt_run_id)
+        fresh_tags = {**run_tags, **({"md2bench.resumed_from": resumed_from} if resumed_from else {})}
+        run = tracker.start_run(experiment, run_name=run_name or cfg.name, tags=fresh_tags,
+                                parent_run_id=parent_run_id)
+        run.log_params(cfg.flat())
+        return run
+
+    try:
+        run, finished_id = tracker.claim_run_key(cfg.run_key, experiment=experiment, adopt_run_id=adopt_run_id,
+                                                 new_run=new_run, run_dir=run_dir, skip_if_finished=resume)
+    except ClaimBusyError as exc:
+        raise RunBusyError(str(exc)) from exc
+    if run is not None and run.run_id == adopt_run_id:
+        run.set_tags(run_tags)
+        if not tracker.get_run(run.run_id).data.params:  # killed between creating the run and logging its params
+            run.log_params(cfg.flat())
+    return run, finished_id
+
+
+def _finished_elsewhere(tracker: Any, run_id: str | None, run_dir: Path, logger: logging.Logger) -> RunResult:
+    """The result for a key the store already holds FINISHED (trained from another folder or machine)."""
+    metrics = {k: float(v) for k, v in tracker.get_run(run_id).data.metrics.items() if k.startswith("test/")}
+    message = (f"already finished in MLflow run {run_id} (trained from another folder or machine); nothing to "
+               "train. Pass --no-resume (resume=False) to train it again here")
+    logger.info(message)
+    return RunResult("FINISHED", run_id, run_dir, metrics, [], 0, message)
+
+
+def _divergence_message(exc: DivergenceError, cfg: Config, checkpoint: Path | None, saved_step: int | None,
+                        steps_per_epoch: int) -> str:
+    """What diverged, which checkpoint really exists (or that none does), and what to change."""
+    change = (f"lower train.lr (now {cfg.train.lr:g}) or change another setting (a changed config is a new run; "
+              "rerunning this one repeats the divergence)")
+    if checkpoint is not None and checkpoint.is_file():
+        return (f"{exc}; the last finite checkpoint {checkpoint} (step {saved_step}) was kept and nothing after "
+                f"it was written; {change}, or start over with --no-resume")
+    return (f"{exc}; no checkpoint exists (the first is written at the end of epoch 0, step {steps_per_epoch}, "
+            f"and only from finite values); {change}")
 
 
 def _run_tags(cfg: Config, device: torch.device, extra: Mapping[str, Any] | None) -> dict[str, str]:

@@ -49,7 +49,18 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from md2bench.config import Config, ConfigError, load_config, valid_keys
 from md2bench.paper import LOWER_IS_BETTER
-from md2bench.tracking import TAG, MLflowTracker, TrackedRun, resolve_uri
+from md2bench.tracking import (
+    END_ERROR,
+    END_FINISHED,
+    END_INTERRUPTED,
+    END_OWNER_GONE,
+    END_REASON_TAG,
+    TAG,
+    Heartbeat,
+    MLflowTracker,
+    TrackedRun,
+    resolve_uri,
+)
 
 HEARTBEAT_ATTR = "md2bench.heartbeat"
 RUN_ID_ATTR = "md2bench.mlflow_run_id"
@@ -503,6 +514,7 @@ def _close_dead_runs(tracker: MLflowTracker, spec: WorkerSpec, numbers: Sequence
         for run in tracker.find_runs(spec.experiment, tags={TAG + "study": spec.study_name, TAG + "trial": number},
                                      statuses=("RUNNING",)):
             tracker.client.set_tag(run.info.run_id, TAG + "trial_state", "FAIL")
+            tracker.client.set_tag(run.info.run_id, END_REASON_TAG, END_OWNER_GONE)
             tracker.client.set_terminated(run.info.run_id, "KILLED")
 
 
@@ -738,7 +750,12 @@ def run_study(
                         f"the space says {search.direction}")
 
     tracker = MLflowTracker(tracking_uri)
+    tracker.require_writable()
+    tracker.reap_stale_runs(study_name, tags={TAG + "kind": "trial"})  # trials left RUNNING by dead processes
     study_run_id = _study_run(tracker, study_name, study_name, spec_storage, search, base)
+    study_run = TrackedRun(tracker.client, study_run_id, tracker.get_run(study_run_id).info.experiment_id)
+    study_run.claim_tags()
+    beat = Heartbeat(study_run).start()
     before = len(study.trials)
     done = finished_count(study)
     specs = [
@@ -751,19 +768,29 @@ def run_study(
         )
         for w, dev in enumerate(devices)
     ]
-    status = "FINISHED"
+    status, reason = "FINISHED", END_FINISHED
     try:
         if len(specs) == 1:
             run_worker(specs[0])
         else:
             _run_worker_processes(specs, devices)
-    except BaseException:
-        status = "KILLED"
+    except Exception:
+        status, reason = "FAILED", END_ERROR
+        raise
+    except BaseException:  # Ctrl-C / SIGTERM: the interrupted trial resumes next time
+        status, reason = "KILLED", END_INTERRUPTED
         raise
     finally:
-        study = optuna.load_study(study_name=study_name, storage=make_storage(spec_storage, heartbeat_s, grace_s,
-                                  max_retry))
-        notes = finish_study_run(tracker, study_run_id, study, search, status)
+        beat.stop()
+        try:
+            study = optuna.load_study(study_name=study_name, storage=make_storage(spec_storage, heartbeat_s,
+                                      grace_s, max_retry))
+            notes = finish_study_run(tracker, study_run_id, study, search, status, reason)
+        except Exception:  # the plots or artifacts failed: the study run still gets a true end
+            with contextlib.suppress(Exception):
+                study_run.end("FAILED" if status == "FINISHED" else status, END_ERROR if status == "FINISHED"
+                              else reason)
+            raise
     result = StudyResult(study_name, spec_storage, study_run_id, list(study.trials), len(study.trials) - before,
                          notes=notes)
     best = _best_trial(study)
@@ -875,7 +902,7 @@ def plot_importance(study: Any) -> Any:
 
 
 def finish_study_run(tracker: MLflowTracker, run_id: str, study: Any, space: SearchSpace,
-                     status: str = "FINISHED") -> list[str]:
+                     status: str = "FINISHED", reason: str | None = None) -> list[str]:
     """Log the history and importance plots, ``trials.csv`` and the best trial onto the study run; end it."""
     from optuna.trial import TrialState
 
@@ -917,7 +944,7 @@ def finish_study_run(tracker: MLflowTracker, run_id: str, study: Any, space: Sea
     run.log_metrics(metrics, step=step)
     if notes:
         run.log_text("\n".join(notes) + "\n", "notes.txt")
-    run.end(status)
+    run.end(status, reason)
     return notes
 
 

@@ -304,6 +304,8 @@ def test_nonfinite_loss_fails_and_keeps_last_good_checkpoint(worlds: dict[str, P
     assert result.status == "FAILED", result.message
     assert result.steps == 3 and "non-finite loss at step 4" in result.message
     assert "loss/" in result.message  # the offending term is named
+    # ... and the checkpoint that really exists, with its step (not the step it diverged at)
+    assert f"{result.run_dir / trainer.CHECKPOINT_NAME} (step 2) was kept" in result.message
     assert result.exit_code == trainer.EXIT_FAILED
     assert not (result.run_dir / trainer.DONE_NAME).exists()
     # The last good checkpoint is the end of epoch 0, finite, and loads for inference.
