@@ -384,14 +384,19 @@ def report_cmd(
                                      help="Draw the qualitative grid (loads each row's checkpoint and test data)."),
     images: int = typer.Option(3, "--images", help="Test images in the qualitative grid."),
     device: str = typer.Option("cpu", "--device", help="Where the qualitative predictions run (cpu, cuda)."),
-    log: bool = typer.Option(True, "--log/--no-log", help="Log the report on the grid's MLflow parent run."),
+    log: bool = typer.Option(True, "--log/--no-log", help="Log the report (and the floors) on the grid's MLflow "
+                             "parent run."),
+    floors: bool = typer.Option(True, "--floors/--no-floors", help="Evaluate the no-learning floors (constant "
+                                "depth, per-row prior) on the grid's test split: reference rows in every table; "
+                                "rows that do not beat the row prior are marked not learned."),
 ) -> None:
-    """Tables (Markdown, LaTeX, CSV, HTML) and figures of a grid's runs, the paper's numbers beside ours."""
+    """Tables (Markdown, LaTeX, CSV, HTML) and figures of a grid's runs, the paper's numbers beside ours, the
+    no-learning floors as reference rows, errors per region (synthetic world) and the grid's findings."""
     from md2bench.report import ReportError, build_report
 
     try:
         report = build_report(target, out, tracking_uri, figures=figures, qualitative=qualitative and figures,
-                              log_to_mlflow=log, num_images=images, device=device)
+                              log_to_mlflow=log, num_images=images, device=device, floors=floors)
     except ReportError as exc:
         _fail(str(exc))
     done = int((report.summary["n"] > 0).sum())
@@ -399,6 +404,10 @@ def report_cmd(
                f"{len(report.files)} files in {report.out_dir} (open {report.out_dir / 'README.md'})")
     if report.logged_to:
         typer.echo(f"logged as artifacts report/ on MLflow run {report.logged_to}")
+    for line in report.headline:
+        typer.echo(line)
+    for verdict in report.verdicts:
+        typer.echo(f"finding: {verdict.status}: {verdict.finding.claim} ({verdict.reason})")
     for note in report.notes:
         typer.echo(f"note: {note}")
 
