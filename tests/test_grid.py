@@ -348,3 +348,9 @@ def test_bad_findings_fail_naming_the_valid_choices(tmp_path: Path, body: str, m
     path.write_text(path.read_text() + "\n[[findings]]\n" + body)
     with pytest.raises(GridError, match=match):
         load_grid(path)
+
+
+def test_the_findings_test_grid_loads() -> None:
+    grid = load_grid(Path(__file__).resolve().parent / "grids" / "findings-test.toml")
+    assert [f.kind for f in grid.findings] == ["contrast", "contrast", "best", "floor", "contrast"]
+    assert grid.findings[3].factor == 2.0 and grid.findings[4].metric == "comoving/abs_rel"

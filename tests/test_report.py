@@ -246,53 +246,7 @@ def test_cli_report(store: dict[str, Any], tmp_path: Path) -> None:
 
 
 # ============================================================================================ floors, regions, findings
-FLOOR_GRID = """
-name = "floor-test"
-base = "tiny"
-seeds = [0, 1]
-
-[set]
-"data.path" = "{world}"
-
-[[rows]]
-name = "good"
-label = "Good"
-
-[[rows]]
-name = "bad"
-label = "Bad"
-set = {{ "loss.ssim" = false }}
-
-[[findings]]
-claim = "good beats bad"
-metric = "abs_rel"
-better = "good"
-worse = "bad"
-
-[[findings]]
-claim = "bad beats good"
-metric = "abs_rel"
-better = "bad"
-worse = "good"
-
-[[findings]]
-claim = "good is best"
-kind = "best"
-metric = "abs_rel"
-row = "good"
-
-[[findings]]
-claim = "every row halves the row prior's error"
-kind = "floor"
-metric = "abs_rel"
-factor = 2
-
-[[findings]]
-claim = "good beats bad on co-moving pixels"
-metric = "comoving/abs_rel"
-better = "good"
-worse = "bad"
-"""
+FLOOR_GRID = Path(__file__).resolve().parent / "grids" / "findings-test.toml"
 
 
 @pytest.fixture(scope="module")
@@ -307,7 +261,7 @@ def floor_store(store: dict[str, Any]) -> dict[str, Any]:
     base: Path = store["base"]
     world = store["grid"].config_for("baseline", 0).data.path
     grid_path = base / "floor-test.toml"
-    grid_path.write_text(FLOOR_GRID.format(world=world))
+    grid_path.write_text(FLOOR_GRID.read_text().replace("{world}", str(world)))
     grid = load_grid(grid_path)
     prior = evaluate_floor("row_prior", grid.shared_config())
     tracker = MLflowTracker(store["uri"])
