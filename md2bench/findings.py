@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
 from md2bench.grid import Finding
 from md2bench.regions import lower_is_better
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SHOWN, NOT_SHOWN, NOT_RUN = "shown", "not shown", "not run"
 RULE = ("shown = both rows have >= 2 seeds, the means differ by more than the sum of the two sample stds in the "
@@ -187,7 +190,7 @@ def judge(finding: Finding, series: Mapping[str, Series], floors: Mapping[str, M
     return Verdict(finding, status, reason, numbers)
 
 
-def series_of(selected: "object", rows: Sequence[tuple[str, str]], metric: str) -> dict[str, Series]:
+def series_of(selected: "pd.DataFrame", rows: Sequence[tuple[str, str]], metric: str) -> dict[str, Series]:
     """Per-row series of one metric from the report's selected runs (columns ``row``, ``seed``, ``<metric>``).
 
     Args:
@@ -197,7 +200,7 @@ def series_of(selected: "object", rows: Sequence[tuple[str, str]], metric: str) 
     """
     import pandas as pd
 
-    frame = selected if isinstance(selected, pd.DataFrame) else pd.DataFrame(selected)
+    frame = selected
     out: dict[str, Series] = {}
     for name, label in rows:
         values: dict[int, float] = {}
