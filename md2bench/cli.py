@@ -254,37 +254,72 @@ def train_cmd(
 
 
 def _metrics_table(metrics: dict[str, float]) -> str:
-    """Two-line table: metric names over values (``test/`` prefixes dropped)."""
+    """Metric names over values (``test/`` prefixes dropped), two lines per pixel subset: all pixels first, then
+    ``moving/``, ``static/``, ``occluded/``... each on its own pair of lines."""
     names = [k for k in metrics if not k.startswith("test/ratio")]
-    heads = [k.removeprefix("test/") for k in names]
-    widths = [max(len(h), 8) for h in heads]
-    top = "  ".join(h.rjust(w) for h, w in zip(heads, widths))
-    bottom = "  ".join(f"{metrics[k]:.4f}".rjust(w) for k, w in zip(names, widths))
-    return f"{top}\n{bottom}"
+    groups: dict[str, list[str]] = {}
+    for k in names:
+        head = k.removeprefix("test/")
+        groups.setdefault(head.rsplit("/", 1)[0] + "/" if "/" in head else "", []).append(k)
+    blocks = []
+    for prefix, keys in groups.items():
+        heads = [k.removeprefix("test/") for k in keys]
+        widths = [max(len(h), 8) for h in heads]
+        top = "  ".join(h.rjust(w) for h, w in zip(heads, widths))
+        bottom = "  ".join(f"{metrics[k]:.4f}".rjust(w) for k, w in zip(keys, widths))
+        blocks.append(f"{top}\n{bottom}")
+    return "\n".join(blocks)
 
 
-@app.command("evaluate", epilog="Example: md2bench evaluate --checkpoint md2bench_runs/<run_key>/checkpoint.pt --out eval.csv")
+@app.command(
+    "evaluate",
+    epilog="Examples: md2bench evaluate --checkpoint md2bench_runs/<run_key>/checkpoint.pt --out eval.csv | "
+    "md2bench evaluate --floor row_prior synth data.synth_preset=default   (the no-learning floor of a world)",
+)
 def evaluate_cmd(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint.pt (or last.pt) written by md2bench train."),
+    args: Optional[List[str]] = typer.Argument(
+        None, metavar="[CONFIG] [KEY=VALUE]...",
+        help="With --floor: the config (a TOML file or preset, default synth) and overrides whose dataset and test "
+        "split to use. A checkpoint carries its own config.",
+    ),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A checkpoint.pt (or last.pt) written by "
+                                              "md2bench train."),
+    floor: Optional[str] = typer.Option(None, "--floor", help="Evaluate a no-learning floor instead of a "
+                                        "checkpoint: constant or row_prior (per-image median scaling)."),
     split: Optional[str] = typer.Option(None, "--split", help="test (default: the config's test split), val, eigen, "
                                         "eigen_benchmark or synth."),
     post_process: bool = typer.Option(False, "--post-process", help="Blend with the flipped image's prediction."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the per-image metrics to this CSV."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
-    """Evaluate a trained checkpoint with the standard depth protocol and print the metrics table."""
+    """Evaluate a trained checkpoint (or a no-learning floor) with the standard depth protocol; print the metrics."""
     from md2bench.checkpoint import CheckpointError, load_for_inference
     from md2bench.evaluate import evaluate_depth
     from md2bench.trainer import resolve_device
 
+    if (checkpoint is None) == (floor is None):
+        _fail("give exactly one of --checkpoint PATH (a trained model) or --floor constant|row_prior")
+    if checkpoint is not None and args:
+        _fail(f"config arguments ({' '.join(args)}) go with --floor; a checkpoint carries its own config")
     try:
-        torch_device = resolve_device(device)
-        cfg, models = load_for_inference(checkpoint, torch_device)
-        result = evaluate_depth(models, cfg, split=split, post_process=post_process, device=torch_device)
+        if floor is not None:
+            from md2bench.data.kitti import DatasetFileError, DatasetNotFoundError
+            from md2bench.floors import FloorUnavailable, evaluate_floor
+
+            cfg = _load_config_args(args)
+            try:
+                result = evaluate_floor(floor, cfg, split=split, progress=True)
+            except (FloorUnavailable, DatasetNotFoundError, DatasetFileError) as exc:
+                _fail(str(exc))
+        else:
+            assert checkpoint is not None
+            torch_device = resolve_device(device)
+            cfg, models = load_for_inference(checkpoint, torch_device)
+            result = evaluate_depth(models, cfg, split=split, post_process=post_process, device=torch_device)
     except (CheckpointError, FileNotFoundError, ValueError, RuntimeError) as exc:
         _fail(str(exc))
     metrics = {f"test/{k}": v for k, v in result.mean.items()}
-    typer.echo(result.describe())
+    typer.echo(result.describe() + (f" [floor: {floor}]" if floor else ""))
     typer.echo(_metrics_table(metrics))
     if out is not None:
         typer.echo(f"per-image metrics: {result.save_csv(out)}")
@@ -383,16 +418,21 @@ def report_cmd(
                                      help="Draw the qualitative grid (loads each row's checkpoint and test data)."),
     images: int = typer.Option(3, "--images", help="Test images in the qualitative grid."),
     device: str = typer.Option("cpu", "--device", help="Where the qualitative predictions run (cpu, cuda)."),
-    log: bool = typer.Option(True, "--log/--no-log", help="Log the report on the grid's MLflow parent run."),
+    log: bool = typer.Option(True, "--log/--no-log", help="Log the report (and the floors) on the grid's MLflow "
+                             "parent run."),
+    floors: bool = typer.Option(True, "--floors/--no-floors", help="Evaluate the no-learning floors (constant "
+                                "depth, per-row prior) on the grid's test split: reference rows in every table; "
+                                "rows that do not beat the row prior are marked not learned."),
     debug: bool = _debug_option(),
 ) -> None:
-    """Tables (Markdown, LaTeX, CSV, HTML) and figures of a grid's runs, the paper's numbers beside ours."""
+    """Tables (Markdown, LaTeX, CSV, HTML) and figures of a grid's runs, the paper's numbers beside ours, the
+    no-learning floors as reference rows, errors per region (synthetic world) and the grid's findings."""
     from md2bench.report import ReportError, build_report
 
     _quiet_unless(debug)
     try:
         report = build_report(target, out, tracking_uri, figures=figures, qualitative=qualitative and figures,
-                              log_to_mlflow=log, num_images=images, device=device)
+                              log_to_mlflow=log, num_images=images, device=device, floors=floors)
     except ReportError as exc:
         _fail(str(exc))
     except (typer.Exit, typer.Abort):
@@ -404,6 +444,10 @@ def report_cmd(
                f"{len(report.files)} files in {report.out_dir} (open {report.out_dir / 'README.md'})")
     if report.logged_to:
         typer.echo(f"logged as artifacts report/ on MLflow run {report.logged_to}")
+    for line in report.headline:
+        typer.echo(line)
+    for verdict in report.verdicts:
+        typer.echo(f"finding: {verdict.status}: {verdict.finding.claim} ({verdict.reason})")
     for note in report.notes:
         typer.echo(f"note: {note}")
 

@@ -4,11 +4,17 @@ Depth (REFERENCE §3.4): predict the scaled disparity of each test image at the 
 blended with the flipped image's prediction), resize it bilinearly to the GT size, invert to depth, and score
 with ``md2bench.metrics.evaluate_image``: per-image median scaling for monocular models (``data.mode = "M"``),
 a fixed ×5.4 for stereo-trained ones (``"S"``, ``"MS"``). KITTI GT comes from the npz written by
-``md2bench data prepare-kitti``; the synthetic world's dense GT and motion masks come from the dataset, and its
-results add ``moving/<metric>`` and ``static/<metric>`` (metrics restricted to moving-object / other pixels).
+``md2bench data prepare-kitti``; the synthetic world's dense GT and masks come from the dataset, and its
+results add ``moving/<metric>`` and ``static/<metric>`` (metrics restricted to moving-object / other pixels) and,
+on worlds of format 2 or later, ``occluded/<metric>``, ``comoving/<metric>`` and ``low_texture/<metric>`` (the
+region masks, ``md2bench.regions``): the same scaled prediction scored on valid ∩ region.
 
-Aggregation: the plain mean over images of each per-image metric (the reference's); for ``moving/*`` and
-``static/*`` images without such pixels are skipped (NaN per image, ``nanmean`` over images).
+Aggregation: the plain mean over images of each per-image metric (the reference's); for the subsets
+(``moving/*``, ``static/*``, the regions) images without such pixels are skipped (NaN per image, ``nanmean`` over
+images).
+
+A fixed predictor (``predict``) goes through exactly the same path; ``md2bench.floors`` evaluates the no-learning
+floors that way (with ``scaling="median"``).
 
 Pose (REFERENCE §3.5): the pose net on consecutive pairs (t, t+1) gives T_{t+1,t}; ATE over 5-frame snippets
 with first-point alignment and a least-squares scale, mean and std over snippets, on KITTI odometry 09/10 and on
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -42,6 +49,7 @@ from md2bench.metrics import (
     relative_gt_poses,
     snippet_ates,
 )
+from md2bench.regions import REGION_NAMES
 
 if TYPE_CHECKING:
     from md2bench.config import Config
@@ -105,6 +113,16 @@ def scaling_for(cfg: "Config", root: Path | None = None) -> tuple[bool, float, s
     return False, factor, f"stereo x{factor:g}"
 
 
+def _warn_without_regions(cfg: "Config", root: Path) -> None:
+    """Say once per evaluation that a synthetic world predates the region masks, and how to get them."""
+    preset, seed = cfg.data.synth_preset, cfg.data.synth_seed
+    warnings.warn(
+        f"the synthetic world {root} has no region masks (rendered by an older md2bench: world format 1), so the "
+        f"occluded/comoving/low_texture metrics are missing; re-render it with `md2bench data synth --out <new "
+        f"folder> --preset {preset} --seed {seed}` and point data.path there (a world in .md2bench_cache is "
+        "re-rendered automatically)", stacklevel=3)
+
+
 def _default_predict() -> PredictFn:
     from md2bench.method import predict_disparity
 
@@ -132,6 +150,7 @@ def evaluate_depth(
     max_images: int = 0,
     num_workers: int = 0,
     predict: PredictFn | None = None,
+    scaling: str | None = None,
 ) -> EvalResult:
     """Evaluate depth predictions of ``models`` with the standard protocol.
 
@@ -150,8 +169,10 @@ def evaluate_depth(
             ``<data.path>/gt_depths_eigen_benchmark.npz`` for eigen_benchmark).
         max_images: evaluate only the first N images (0: all), e.g. for quick validation.
         num_workers: data-loader workers.
-        predict: ``(models, images B×3×H×W in [0,1], cfg) -> scaled disparity B×1×H×W``; default
-            ``md2bench.method.predict_disparity``.
+        predict: ``(models, images B×3×H×W in [0,1], cfg) -> scaled disparity B×1×h×w`` (any h×w: it is resized
+            bilinearly to the GT size like a network's output); default ``md2bench.method.predict_disparity``.
+        scaling: None: the model's (median scaling for monocular models, a fixed factor for stereo-trained ones,
+            ``scaling_for``); ``"median"``: per-image median scaling whatever the mode (the no-learning floors).
 
     Returns:
         :class:`EvalResult`.
@@ -172,8 +193,16 @@ def evaluate_depth(
             raise FileNotFoundError(
                 f"KITTI ground truth {gt_path} does not exist; export it with "
                 f"`md2bench data prepare-kitti --raw {cfg.data.path}`")
-    dataset = build_dataset(cfg, ds_split, load_depth=not kitti_test)
+    if scaling not in (None, "median"):
+        raise ValueError(f"scaling must be None (the model's) or 'median', got {scaling!r}")
+    dataset = build_dataset(cfg, ds_split, load_depth=not kitti_test, load_regions=True)
     root = dataset.root
+    if cfg.data.dataset == "synthetic" and dataset.has_depth and not dataset.has_regions:
+        from md2bench.data.synthetic import world_format
+
+        version = world_format(root)
+        if version is not None and version < 2:  # a rendered world from before the region masks
+            _warn_without_regions(cfg, root)
     gts: list[np.ndarray] | None = None
     if kitti_test:
         assert gt_path is not None
@@ -181,7 +210,7 @@ def evaluate_depth(
     elif not dataset.has_depth:
         raise ValueError(f"the {ds_split} split under {root} has no GT depth "
                          f"(expected {ds_split} PNGs in <drive>/proj_depth/groundtruth/)")
-    median_scaling, scale_factor, scaling_label = scaling_for(cfg, root)
+    median_scaling, scale_factor, scaling_label = scaling_for(cfg, root) if scaling is None else (True, 1.0, "median")
     predict = predict or _default_predict()
     count = len(dataset) if max_images <= 0 else min(max_images, len(dataset))
     subset = torch.utils.data.Subset(dataset, range(count))
@@ -206,6 +235,9 @@ def evaluate_depth(
                     if "motion_mask" in batch:
                         moving = batch["motion_mask"][i, 0].numpy() > 0
                         extra = {"moving": moving, "static": ~moving}
+                    if "region_masks" in batch:
+                        regions = batch["region_masks"][i].numpy() > 0
+                        extra.update({name: regions[k] for k, name in enumerate(REGION_NAMES)})
                     resized = F.interpolate(disp[i : i + 1], size=gt.shape, mode="bilinear", align_corners=False)
                     pred_depth = 1.0 / resized[0, 0].cpu().double().numpy()
                     line = dataset.lines[index]
@@ -229,6 +261,7 @@ def evaluate_depth(
         "scale_factor": scale_factor,
         "post_process": post_process,
         "images": len(rows),
+        "regions": ", ".join(REGION_NAMES) if dataset.has_regions else "none",
     }
     return EvalResult(mean, per_image, float(np.mean(ratios)), float(np.std(ratios)), settings)
 

@@ -25,6 +25,31 @@ loaded: a bad key or value fails with ``GridError`` naming the file and the row.
 
 ``flags`` are the paper's ✓/✗ columns as printed (for the report), not settings: a synthetic row may train
 from scratch while its ``pretrained`` column says what the paper's row did.
+
+Findings (optional) are claims the report checks against the runs, with the spread over seeds
+(``md2bench.findings`` holds the rule)::
+
+    [[findings]]
+    claim = "removing min reprojection worsens the occluded-pixel error"
+    metric = "occluded/abs_rel"          # a test metric: abs_rel ... a3, optionally <subset>/ in front
+    better = "monodepth2_full"           # kind = "contrast" (the default): row `better` beats row `worse`
+    worse = "monodepth2_no_min_reproj"
+
+    [[findings]]
+    claim = "the full model is best or tied overall"
+    kind = "best"                        # row `row` is best, or tied within the spread, among all rows
+    metric = "abs_rel"
+    row = "monodepth2_full"
+
+    [[findings]]
+    claim = "every row beats the row prior by at least 2x"
+    kind = "floor"                       # every row beats the floor by `factor` (errors: row x factor < floor;
+    metric = "abs_rel"                   # accuracies a1..a3: row > factor x floor)
+    factor = 2.0                         # default 1.0
+    floor = "row_prior"                  # or "constant"; default row_prior
+
+Subsets: ``moving``, ``static`` and the synthetic world's regions ``occluded``, ``comoving``, ``low_texture``
+(``md2bench.regions``). Unknown keys, kinds, metrics or rows fail with ``GridError`` naming the valid ones.
 """
 
 from __future__ import annotations
@@ -37,6 +62,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from md2bench.config import PRESETS, Config, ConfigError, load_config, preset_path, valid_keys
+from md2bench.regions import SUBSET_NAMES, metric_names
 
 # The paper's ✓/✗ columns a row may carry (report column order).
 FLAG_KEYS: tuple[str, ...] = (
@@ -56,8 +82,17 @@ FLAG_KEYS: tuple[str, ...] = (
 # The seven depth metrics a row's ``paper`` table may give (names as in ``md2bench.metrics``).
 METRICS: tuple[str, ...] = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
 
-_TOP_KEYS = ("name", "description", "base", "seeds", "paper_table", "set", "rows")
+_TOP_KEYS = ("name", "description", "base", "seeds", "paper_table", "set", "rows", "findings")
 _ROW_KEYS = ("name", "label", "flags", "set", "paper")
+FINDING_KINDS: tuple[str, ...] = ("contrast", "best", "floor")
+FINDING_FLOORS: tuple[str, ...] = ("constant", "row_prior")  # md2bench.floors.FLOOR_NAMES (kept light here)
+# keys every finding may have, and those of each kind
+_FINDING_COMMON = ("claim", "kind", "metric")
+_FINDING_KEYS: dict[str, tuple[str, ...]] = {
+    "contrast": ("better", "worse"),
+    "best": ("row",),
+    "floor": ("factor", "floor"),
+}
 _ROW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -82,6 +117,39 @@ class Row:
     flags: Mapping[str, bool] = field(default_factory=dict)
     overrides: Mapping[str, Any] = field(default_factory=dict)
     paper: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A claim the report checks against the runs (see the module docstring for the TOML form).
+
+    Attributes:
+        claim: the claim in words, as printed.
+        kind: ``contrast`` (row ``better`` beats row ``worse``), ``best`` (row ``row`` is best or tied) or
+            ``floor`` (every row beats the floor ``floor`` by ``factor``).
+        metric: a test metric (``abs_rel``, ``occluded/abs_rel``, ``a1``, ...); lower is better for errors,
+            higher for ``a1``/``a2``/``a3``.
+        better: contrast: the row claimed better.
+        worse: contrast: the row claimed worse.
+        row: best: the row claimed best.
+        factor: floor: how many times better than the floor each row must be.
+        floor: floor: ``row_prior`` or ``constant``.
+    """
+
+    claim: str
+    kind: str
+    metric: str
+    better: str = ""
+    worse: str = ""
+    row: str = ""
+    factor: float = 1.0
+    floor: str = "row_prior"
+
+    def rows(self) -> tuple[str, ...]:
+        """The rows the claim names (none for ``floor``, which concerns every row)."""
+        if self.kind == "contrast":
+            return (self.better, self.worse)
+        return (self.row,) if self.kind == "best" else ()
 
 
 @dataclass(frozen=True)
@@ -130,6 +198,7 @@ class Grid:
         overrides: the grid's ``[set]`` overrides.
         extra: overrides applied after every row's own (from the command line; see ``with_overrides``).
         base_config: the loaded base; None loads ``base`` (relative to ``path``) when first needed.
+        findings: the claims the report checks (``[[findings]]``).
     """
 
     name: str
@@ -142,6 +211,7 @@ class Grid:
     overrides: Mapping[str, Any] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
     base_config: Config | None = None
+    findings: tuple[Finding, ...] = ()
 
     def row(self, name: str) -> Row:
         """The row called ``name`` (``GridError`` naming the rows otherwise)."""
@@ -167,6 +237,19 @@ class Grid:
             return base.override(merged)
         except ConfigError as exc:
             raise GridError(f"{self._where()}: row {row.name!r}: {exc}") from exc
+
+    def shared_config(self) -> Config:
+        """The config every row starts from: the base with the grid's ``[set]`` and extra overrides (name and
+        seed as in the base). Falls back to the first row's config at the first seed when the grid's overrides
+        alone do not validate (a row completes them). Use it for what all rows share: dataset, world, splits.
+        """
+        base = self.base_config
+        if base is None:
+            base = _load_base(self.base, self.path if self.path is not None else Path.cwd() / "grid.toml")
+        try:
+            return base.override({**self.overrides, **self.extra})
+        except ConfigError:
+            return self.config_for(self.rows[0], self.seeds[0])
 
     def seeds_for(self, n: int | None = None) -> tuple[int, ...]:
         """The seeds to run: all listed (``n`` None), the first ``n``, or the listed ones extended to ``n``.
@@ -219,7 +302,7 @@ class Grid:
         grid = Grid(
             name=self.name, description=self.description, base=self.base, seeds=self.seeds, rows=self.rows,
             path=self.path, paper_table=self.paper_table, overrides=self.overrides,
-            extra={**self.extra, **overrides}, base_config=self.base_config,
+            extra={**self.extra, **overrides}, base_config=self.base_config, findings=self.findings,
         )
         grid.validate()
         return grid
@@ -335,9 +418,11 @@ def load_grid(path_or_name: str | Path) -> Grid:
     if dupes:
         raise GridError(f"{where}: row names must be unique; repeated: {', '.join(dupes)}")
 
+    findings = _parse_findings(data.get("findings", []), names, where)
+
     grid = Grid(
         name=name, description=description.strip(), base=base, seeds=tuple(seeds), rows=tuple(rows), path=path,
-        paper_table=paper_table, overrides=grid_set, base_config=base_config,
+        paper_table=paper_table, overrides=grid_set, base_config=base_config, findings=findings,
     )
     grid.validate()
     keys = [grid.config_for(r, grid.seeds[0]).run_key for r in rows]
@@ -404,6 +489,59 @@ def _parse_row(raw: Mapping[str, Any], index: int, where: str) -> Row:
         name=name, label=label, flags=dict(flags), overrides=overrides,
         paper={k: float(v) for k, v in paper.items()},
     )
+
+
+def _parse_findings(raw: Any, rows: Sequence[str], where: str) -> tuple[Finding, ...]:
+    """``[[findings]]`` tables -> ``Finding``s, each checked against the grid's rows and the metric names."""
+    if not isinstance(raw, list) or not all(isinstance(f, dict) for f in raw):
+        raise GridError(f"{where}: findings must be [[findings]] tables (claim, metric, and the rows they name)")
+    metrics = metric_names()
+    out: list[Finding] = []
+    for i, table in enumerate(raw):
+        fwhere = f"{where}: finding {i + 1}"
+        claim = table.get("claim")
+        if not isinstance(claim, str) or not claim.strip():
+            raise GridError(f"{fwhere}: claim must be a non-empty string saying what should show")
+        fwhere += f" ({claim.strip()!r})"
+        kind = table.get("kind", "contrast")
+        if kind not in FINDING_KINDS:
+            raise GridError(f"{fwhere}: unknown kind {kind!r} (valid: {', '.join(FINDING_KINDS)})")
+        allowed = _FINDING_COMMON + _FINDING_KEYS[kind]
+        for key in table:
+            if key not in allowed:
+                owner = [k for k, keys in _FINDING_KEYS.items() if key in keys]
+                hint = f" (it belongs to kind = {owner[0]!r})" if owner else ""
+                raise GridError(f"{fwhere}: unknown key {key!r} for kind = {kind!r}{hint} "
+                                f"(valid: {', '.join(allowed)})")
+        metric = table.get("metric")
+        if metric not in metrics:
+            near = difflib.get_close_matches(str(metric), list(metrics), n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise GridError(f"{fwhere}: unknown metric {metric!r}; {hint}valid: abs_rel, sq_rel, rmse, rmse_log, a1, "
+                            f"a2, a3, each optionally prefixed by a subset ({', '.join(SUBSET_NAMES)}), e.g. "
+                            "'occluded/abs_rel'")
+        values: dict[str, Any] = {"claim": claim.strip(), "kind": kind, "metric": metric}
+        for key in _FINDING_KEYS[kind]:
+            if key in ("better", "worse", "row"):
+                if key not in table:
+                    raise GridError(f"{fwhere}: kind = {kind!r} needs {key!r} (a row name: {', '.join(rows)})")
+                if table[key] not in rows:
+                    raise GridError(f"{fwhere}: {key} = {table[key]!r} is not a row of this grid; rows: "
+                                    f"{', '.join(rows)}")
+                values[key] = table[key]
+        if kind == "contrast" and values["better"] == values["worse"]:
+            raise GridError(f"{fwhere}: better and worse name the same row {values['better']!r}")
+        if kind == "floor":
+            factor = table.get("factor", 1.0)
+            if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0:
+                raise GridError(f"{fwhere}: factor must be a number > 0 (e.g. 2 for 'beats the floor by 2x'), "
+                                f"got {factor!r}")
+            floor = table.get("floor", "row_prior")
+            if floor not in FINDING_FLOORS:
+                raise GridError(f"{fwhere}: unknown floor {floor!r} (valid: {', '.join(FINDING_FLOORS)})")
+            values.update(factor=float(factor), floor=floor)
+        out.append(Finding(**values))
+    return tuple(out)
 
 
 def _flatten_set(table: Any, where: str) -> dict[str, Any]:

@@ -32,8 +32,10 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from md2bench.findings import RULE, Verdict, judge, series_of
 from md2bench.paper import LOWER_IS_BETTER, METRIC_LABELS, METRICS
-from md2bench.tracking import TAG, MLflowTracker
+from md2bench.regions import REGION_NAMES, lower_is_better
+from md2bench.tracking import TAG, MLflowTracker, TrackedRun
 
 # Columns of the paper's table, in its order; keys as in ``md2bench.grid.FLAG_KEYS``.
 FLAG_LABELS: Mapping[str, str] = {
@@ -105,6 +107,10 @@ class Report:
         files: every file written.
         logged_to: the parent run the report was logged to, or None.
         notes: things skipped or worth knowing (e.g. a figure that could not be drawn).
+        floors: the no-learning floors (``floor_table``), or None where not computed.
+        regions: the per-region table (``region_summary``), or None off the synthetic world.
+        verdicts: the grid's findings, judged (``md2bench.findings``).
+        headline: the summary in words (which rows did not learn depth; the findings' tally).
     """
 
     out_dir: Path
@@ -116,6 +122,10 @@ class Report:
     files: list[Path]
     logged_to: str | None
     notes: list[str]
+    floors: pd.DataFrame | None = None
+    regions: pd.DataFrame | None = None
+    verdicts: list[Verdict] = field(default_factory=list)
+    headline: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------- reading runs
@@ -354,15 +364,31 @@ def _has_paper(summary: pd.DataFrame, metrics: Sequence[str]) -> bool:
     return any(summary[f"{m}_paper"].notna().any() for m in metrics if f"{m}_paper" in summary)
 
 
-def to_markdown(summary: pd.DataFrame, metrics: Sequence[str] = METRICS, paper_ref: str | None = None) -> str:
+def _not_learned(line: Mapping[str, Any]) -> bool:
+    """The row has runs and its mean abs rel does not beat the row prior (``mark_learned``)."""
+    value = line.get("learned") if hasattr(line, "get") else None
+    return value is not None and not (isinstance(value, float) and math.isnan(value)) and not bool(value)
+
+
+def _floor_cell(line: Mapping[str, Any], m: str) -> str:
+    value = line.get(f"{m}_mean", math.nan)
+    return _fmt(float(value)) if value is not None else MISSING
+
+
+def to_markdown(summary: pd.DataFrame, metrics: Sequence[str] = METRICS, paper_ref: str | None = None,
+                floors: pd.DataFrame | None = None) -> str:
     """The ablation table as GitHub Markdown: ✓/✗ flags, mean ± std, n; best mean per column in bold; under
-    each row with paper numbers, an italic line ``↳ paper`` with the paper's value and (ours − paper)."""
+    each row with paper numbers, an italic line ``↳ paper`` with the paper's value and (ours − paper). Rows that
+    do not beat the row prior (``learned`` False) say *(not learned)* and are never bold; ``floors``
+    (``floor_table``) are appended as italic reference rows."""
     flag_cols = [c for c in summary.columns if c.startswith("flag.")]
     head = ["Row"] + [FLAG_LABELS.get(c[5:], c[5:]) for c in flag_cols] + ["n"] + [_metric_heading(m) for m in metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":---"] + [":-:"] * (len(head) - 1)) + "|"]
     paper_label = "↳ *paper (Δ)*"
     for _, line in summary.iterrows():
         label = line["label"] if line["n"] > 0 else f"{line['label']} *(not run)*"
+        if _not_learned(line):
+            label += " *(not learned)*"
         cells = [label] + [_flag_mark(line[c]) for c in flag_cols] + [str(line["n"])]
         for m in metrics:
             text = _cell(line, m)
@@ -371,9 +397,15 @@ def to_markdown(summary: pd.DataFrame, metrics: Sequence[str] = METRICS, paper_r
         if any(not math.isnan(line[f"{m}_paper"]) for m in metrics):
             cells = [paper_label] + [""] * len(flag_cols) + [""] + [_paper_cell(line, m) for m in metrics]
             lines.append("| " + " | ".join(cells) + " |")
+    for _, line in (floors.iterrows() if floors is not None else ()):
+        cells = [f"*{line['label']}*"] + [""] * len(flag_cols) + [MISSING] + [_floor_cell(line, m) for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
     if _has_paper(summary, metrics):
         ref = f" ({paper_ref})" if paper_ref else ""
         lines += ["", f"↳ *paper*: the paper's value{ref}; in parentheses Δ = ours − paper."]
+    if floors is not None and len(floors):
+        lines += ["", "*floor* rows: no learning at all, evaluated with the same protocol (per-image median "
+                  "scaling); *(not learned)*: the row's mean abs rel does not beat the row prior."]
     return "\n".join(lines) + "\n"
 
 
@@ -387,8 +419,10 @@ def _tex(text: str) -> str:
     return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
 
 
-def to_latex(summary: pd.DataFrame, metrics: Sequence[str] = METRICS, paper_ref: str | None = None) -> str:
-    """The ablation table as a LaTeX ``tabular`` with booktabs rules (needs ``booktabs`` and ``amssymb``)."""
+def to_latex(summary: pd.DataFrame, metrics: Sequence[str] = METRICS, paper_ref: str | None = None,
+             floors: pd.DataFrame | None = None) -> str:
+    """The ablation table as a LaTeX ``tabular`` with booktabs rules (needs ``booktabs`` and ``amssymb``); floor
+    reference rows (``floor_table``) below a rule, not-learned rows marked."""
     flag_cols = [c for c in summary.columns if c.startswith("flag.")]
     spec = "l" + "c" * len(flag_cols) + "r" + "c" * len(metrics)
     out = [
@@ -401,6 +435,8 @@ def to_latex(summary: pd.DataFrame, metrics: Sequence[str] = METRICS, paper_ref:
     ]
     for _, line in summary.iterrows():
         label = _tex(line["label"]) + ("" if line["n"] > 0 else " \\textit{(not run)}")
+        if _not_learned(line):
+            label += " \\textit{(not learned)}"
         cells = [label]
         for c in flag_cols:
             v = line[c]
@@ -414,13 +450,20 @@ def to_latex(summary: pd.DataFrame, metrics: Sequence[str] = METRICS, paper_ref:
             cells = ["\\quad\\textit{paper}"] + [""] * (len(flag_cols) + 1)
             cells += [f"\\textit{{{_tex(_paper_cell(line, m))}}}" if _paper_cell(line, m) else "" for m in metrics]
             out.append(" & ".join(cells) + " \\\\")
+    if floors is not None and len(floors):
+        out.append("\\midrule")
+        for _, line in floors.iterrows():
+            cells = [f"\\textit{{{_tex(line['label'])}}}"] + [""] * len(flag_cols) + ["--"]
+            cells += [f"\\textit{{{_tex(_floor_cell(line, m))}}}" for m in metrics]
+            out.append(" & ".join(cells) + " \\\\")
     out += ["\\bottomrule", "\\end{tabular}"]
     if paper_ref:
         out.append(f"% paper numbers: {paper_ref}; in parentheses: ours minus paper")
     return "\n".join(out) + "\n"
 
 
-def _html_table(summary: pd.DataFrame, metrics: Sequence[str], paper_ref: str | None) -> str:
+def _html_table(summary: pd.DataFrame, metrics: Sequence[str], paper_ref: str | None,
+                floors: pd.DataFrame | None = None) -> str:
     flag_cols = [c for c in summary.columns if c.startswith("flag.")]
     esc = html.escape
     head = ["Row"] + [FLAG_LABELS.get(c[5:], c[5:]) for c in flag_cols] + ["n"] + [_metric_heading(m) for m in metrics]
@@ -428,6 +471,9 @@ def _html_table(summary: pd.DataFrame, metrics: Sequence[str], paper_ref: str | 
     for _, line in summary.iterrows():
         cls = "" if line["n"] > 0 else ' class="missing"'
         label = esc(line["label"]) + ("" if line["n"] > 0 else " <em>(not run)</em>")
+        if _not_learned(line):
+            label += " <em>(not learned)</em>"
+            cls = ' class="notlearned"'
         cells = [f'<td class="label">{label}</td>'] + [f"<td>{_flag_mark(line[c])}</td>" for c in flag_cols]
         cells.append(f"<td>{line['n']}</td>")
         for m in metrics:
@@ -438,6 +484,10 @@ def _html_table(summary: pd.DataFrame, metrics: Sequence[str], paper_ref: str | 
             cells = ['<td class="label">↳ paper</td>'] + ["<td></td>"] * (len(flag_cols) + 1)
             cells += [f"<td>{esc(_paper_cell(line, m))}</td>" for m in metrics]
             rows_html.append('<tr class="paper">' + "".join(cells) + "</tr>")
+    for _, line in (floors.iterrows() if floors is not None else ()):
+        cells = [f'<td class="label">{esc(line["label"])}</td>'] + ["<td></td>"] * len(flag_cols) + ["<td>—</td>"]
+        cells += [f"<td>{esc(_floor_cell(line, m))}</td>" for m in metrics]
+        rows_html.append('<tr class="floor">' + "".join(cells) + "</tr>")
     caption = f"<caption>paper numbers: {esc(paper_ref)}; in parentheses: ours − paper</caption>" if paper_ref else ""
     return "<table>" + caption + "".join(rows_html) + "</table>"
 
@@ -448,21 +498,38 @@ table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { padding: 0.3em 0.7em; text-align: center; border-bottom: 1px solid #ddd; }
 th { border-bottom: 2px solid #444; } td.label { text-align: left; }
 tr.paper td { color: #777; font-style: italic; font-size: 0.9em; border-bottom: 1px solid #eee; }
-tr.missing td { color: #999; } caption { caption-side: bottom; color: #777; font-size: 0.85em; }
+tr.missing td { color: #999; } tr.floor td { color: #555; font-style: italic; background: #f7f7f7; }
+tr.notlearned td { color: #a33; } caption { caption-side: bottom; color: #777; font-size: 0.85em; }
 img { max-width: 100%; margin: 0.5em 0; } code { background: #f4f4f4; padding: 0 0.2em; }
 """
 
 
 def to_html(
     title: str, provenance: Mapping[str, str], summary: pd.DataFrame, motion: pd.DataFrame | None,
-    figures: Sequence[Path], paper_ref: str | None = None, notes: Sequence[str] = (),
+    figures: Sequence[Path], paper_ref: str | None = None, notes: Sequence[str] = (), *,
+    floors: pd.DataFrame | None = None, regions: pd.DataFrame | None = None, verdicts: Sequence[Any] = (),
+    headline: Sequence[str] = (),
 ) -> str:
-    """A self-contained HTML page: provenance, the tables, and every PNG figure inlined as base64."""
+    """A self-contained HTML page: provenance, the summary in words, the tables (floors as reference rows), the
+    findings, and every PNG figure inlined as base64."""
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
              f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>", "<ul>"]
     parts += [f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in provenance.items()]
-    parts += ["</ul>", "<h2>Ablation</h2>", _html_table(summary, METRICS, paper_ref)]
+    parts.append("</ul>")
+    if headline:
+        parts += ["<h2>Summary</h2>"] + [f"<p>{esc(line)}</p>" for line in headline]
+    parts += ["<h2>Ablation</h2>", _html_table(summary, METRICS, paper_ref, floors)]
+    if regions is not None:
+        rm = _table_metrics(regions)
+        parts += ["<h2>Errors per region</h2>", f"<p>{esc(REGIONS_TEXT)}</p>",
+                  _html_table(_as_table(regions, rm), rm, None, floors)]
+    if verdicts:
+        head = "".join(f"<th>{h}</th>" for h in ("Claim", "Metric", "Numbers", "Verdict", "Why"))
+        body = "".join(f"<tr><td class='label'>{esc(v.finding.claim)}</td><td>{esc(v.finding.metric)}</td>"
+                       f"<td class='label'>{esc(v.numbers)}</td><td><b>{esc(v.status)}</b></td>"
+                       f"<td class='label'>{esc(v.reason)}</td></tr>" for v in verdicts)
+        parts += ["<h2>Findings</h2>", f"<p>{esc(FINDINGS_TEXT)}</p>", f"<table><tr>{head}</tr>{body}</table>"]
     if motion is not None:
         mm = [c[: -len("_mean")] for c in motion.columns if c.endswith("_mean")]
         parts += ["<h2>Moving objects vs static pixels</h2>", _html_table(_as_table(motion, mm), mm, None)]
@@ -477,19 +544,137 @@ def to_html(
 
 
 def _as_table(motion: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
-    """Give the motion table the columns the table writers expect (no paper numbers, no best marks)."""
+    """Give a secondary table the columns the table writers expect (no paper numbers; best marks kept where the
+    table has them, else none)."""
     table = motion.copy()
     for m in metrics:
         table[f"{m}_paper"] = math.nan
         table[f"{m}_diff"] = math.nan
-        table[f"{m}_best"] = False
+        if f"{m}_best" not in table:
+            table[f"{m}_best"] = False
     return table
 
 
-def motion_markdown(motion: pd.DataFrame) -> str:
-    """The moving/static table as Markdown (same cell format as the ablation table)."""
+def _table_metrics(table: pd.DataFrame) -> list[str]:
+    return [c[: -len("_mean")] for c in table.columns if c.endswith("_mean")]
+
+
+# --------------------------------------------------------------------------------------------- floors, regions
+REGION_TABLE_SUBSETS: tuple[str, ...] = ("", "occluded", "comoving", "low_texture", "moving", "static")
+REGION_TABLE_METRICS: tuple[str, ...] = ("abs_rel", "a1")
+REGIONS_TEXT = ("Abs rel and δ<1.25 on all valid pixels and restricted to the synthetic world's exact region masks: "
+                "occluded = hidden or out of view in at least one temporal source frame (what minimum "
+                "reprojection is for); comoving = moving objects with < 1 px image motion (what auto-masking is "
+                "for); low_texture = near-constant image texture (what full-resolution multi-scale is for); "
+                "moving / static = the motion mask. Mean ± std over seeds; best (learned) mean per column in bold.")
+FINDINGS_TEXT = "Verdicts judged with the spread over seeds: " + RULE + "."
+
+
+def floor_table(floors: Any) -> pd.DataFrame | None:
+    """The floors (``md2bench.floors.Floors``) as reference lines for the table writers: ``row`` =
+    ``floor/<name>``, ``label``, ``kind = "floor"``, ``n = 0`` and ``<metric>_mean`` for every metric computed
+    (std NaN: a floor is one deterministic number). None when no floor was computed."""
+    from md2bench.floors import FLOOR_LABELS
+
+    if floors is None or not floors.results:
+        return None
+    lines = []
+    for name, result in floors.results.items():
+        line: dict[str, Any] = {"row": f"floor/{name}", "label": FLOOR_LABELS[name], "kind": "floor", "n": 0}
+        for key, value in result.mean.items():
+            line[f"{key}_mean"] = float(value)
+            line[f"{key}_std"] = math.nan
+        lines.append(line)
+    return pd.DataFrame.from_records(lines)
+
+
+def floor_values(floors: pd.DataFrame | None) -> dict[str, dict[str, float]]:
+    """floor name -> metric -> value (from ``floor_table``)."""
+    if floors is None:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for _, line in floors.iterrows():
+        out[line["row"].split("/", 1)[1]] = {c[: -len("_mean")]: float(line[c]) for c in floors.columns
+                                             if c.endswith("_mean") and pd.notna(line[c])}
+    return out
+
+
+def mark_learned(table: pd.DataFrame, prior_abs_rel: float | None,
+                 learned: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """Add ``learned`` and recompute the best-mean marks among the rows that learned.
+
+    ``learned`` is True where the row's mean abs rel is below the row prior's, False where it is not (the row is
+    marked *not learned* and never ranked best), None where the row has no runs or there is no prior.
+
+    Args:
+        table: ``summarize`` output (or a secondary table with ``row`` and ``<m>_mean``/``<m>_best`` columns).
+        prior_abs_rel: the row-prior floor's abs rel (None: not computed).
+        learned: use these per-row values instead of computing them (e.g. a secondary table takes the main
+            table's verdict).
+    """
+    out = table.copy()
+    if learned is not None:
+        values = [learned.get(r) for r in out["row"]]
+    else:
+        values = [None if prior_abs_rel is None or "abs_rel_mean" not in out or math.isnan(mean) else
+                  bool(mean < prior_abs_rel) for mean in out.get("abs_rel_mean", pd.Series([math.nan] * len(out)))]
+    out["learned"] = pd.Series(values, index=out.index, dtype=object)
+    ranked = out["learned"].map(lambda v: v is not False)
+    for col in [c for c in out.columns if c.endswith("_best")]:
+        m = col[: -len("_best")]
+        means = out[f"{m}_mean"].where(ranked)
+        if means.notna().any():
+            best = means.min() if lower_is_better(m) else means.max()
+            out[col] = means == best
+        else:
+            out[col] = False
+    return out
+
+
+def region_summary(selected: pd.DataFrame, rows: Sequence[ReportRow],
+                   floors: pd.DataFrame | None = None) -> pd.DataFrame | None:
+    """Abs rel and δ<1.25 per region (all pixels, occluded, comoving, low-texture, moving, static) per row, mean ±
+    std over seeds. None when neither the runs nor the floors have any region metric (e.g. KITTI, or a world
+    rendered before the region masks)."""
+    metrics = [f"{s}/{m}" if s else m for s in REGION_TABLE_SUBSETS for m in REGION_TABLE_METRICS]
+    regional = [m for m in metrics if "/" in m and m.split("/")[0] in REGION_NAMES]
+    have = set(selected.columns) | ({c[: -len("_mean")] for c in floors.columns} if floors is not None else set())
+    if not any(m in have for m in regional):
+        return None
+    present = [m for m in metrics if m in have]
+    table = summarize(selected, [ReportRow(r.name, r.label) for r in rows], metrics=present)
+    keep = ["row", "label", "n"] + [c for m in present for c in (f"{m}_mean", f"{m}_std", f"{m}_best")]
+    return table[keep]
+
+
+def findings_markdown(verdicts: Sequence[Any]) -> str:
+    """The findings as a Markdown table: claim, metric, the numbers, the verdict and why."""
+    lines = ["| Claim | Metric | Numbers (mean ± std, n seeds) | Verdict | Why |", "|:---|:-:|:---|:-:|:---|"]
+    for v in verdicts:
+        cells = [v.finding.claim, f"`{v.finding.metric}`", v.numbers, f"**{v.status}**", v.reason]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def learned_sentence(summary: pd.DataFrame, prior_abs_rel: float | None, note: str = "") -> str:
+    """The report's summary in words: which rows did not learn depth (or that every row did)."""
+    ran = summary[summary["n"] > 0]
+    if prior_abs_rel is None:
+        return ("Whether the rows learned depth is not judged: the row-prior floor was not computed"
+                + (f" ({note})" if note else "") + ".")
+    failed = ran[ran["learned"].map(lambda v: v is False)]
+    head = f"the row prior's mean abs rel is {prior_abs_rel:.3f}"
+    if failed.empty:
+        return f"All {len(ran)} rows with runs beat the no-learning row prior in mean abs rel ({head})."
+    names = ", ".join(f"{line['label']} ({_cell(line, 'abs_rel')})" for _, line in failed.iterrows())
+    return (f"{len(failed)} of {len(ran)} rows did not learn depth: {names} — their mean abs rel does not beat the "
+            f"row prior ({head}); they are marked *not learned* and not ranked.")
+
+
+def motion_markdown(motion: pd.DataFrame, floors: pd.DataFrame | None = None) -> str:
+    """The moving/static (or region) table as Markdown (same cell format as the ablation table)."""
     metrics = [c[: -len("_mean")] for c in motion.columns if c.endswith("_mean")]
-    return to_markdown(_as_table(motion, metrics), metrics)
+    return to_markdown(_as_table(motion, metrics), metrics, floors=floors)
 
 
 # --------------------------------------------------------------------------------------------- figures
@@ -510,8 +695,10 @@ def _save(fig: Any, out_dir: Path, stem: str) -> list[Path]:
     return paths
 
 
-def plot_metric_bars(selected: pd.DataFrame, rows: Sequence[ReportRow], out_dir: Path) -> list[Path]:
-    """One panel per metric: mean over seeds (bar), ± sample std (error bar), each seed (dot), the paper (red ▬).
+def plot_metric_bars(selected: pd.DataFrame, rows: Sequence[ReportRow], out_dir: Path,
+                     floors: Mapping[str, Mapping[str, float]] | None = None) -> list[Path]:
+    """One panel per metric: mean over seeds (bar), ± sample std (error bar), each seed (dot), the paper (red ▬),
+    the no-learning floors (grey dashed: row prior; dotted: constant).
 
     Returns:
         ``[metrics.png, metrics.pdf]``.
@@ -534,6 +721,10 @@ def plot_metric_bars(selected: pd.DataFrame, rows: Sequence[ReportRow], out_dir:
             if paper:
                 ax.scatter([p[0] for p in paper], [p[1] for p in paper], marker="_", s=400, linewidths=2.5,
                            color="#c0392b", zorder=5, label="paper")
+            for name, style in (("row_prior", "--"), ("constant", ":")):
+                value = (floors or {}).get(name, {}).get(m)
+                if value is not None and math.isfinite(value):
+                    ax.axhline(value, color="#666666", linestyle=style, linewidth=1.0, label=f"floor: {name}")
             arrow = "↓" if LOWER_IS_BETTER[m] else "↑"
             ax.set_title(f"{METRIC_LABELS[m]} {arrow}")
             ax.set_xlabel("")
@@ -541,7 +732,7 @@ def plot_metric_bars(selected: pd.DataFrame, rows: Sequence[ReportRow], out_dir:
             ax.tick_params(axis="x", labelrotation=60, labelsize=7)
         for ax in axes[len(metrics):]:
             ax.set_axis_off()
-        if any(r.paper for r in rows):
+        if any(r.paper for r in rows) or floors:
             axes[len(metrics) - 1].legend(loc="best", fontsize=7)
     fig.suptitle("Test metrics: mean ± std over seeds (dots: seeds)")
     return _save(fig, out_dir, "metrics")
@@ -707,16 +898,23 @@ def provenance(tracker: MLflowTracker, experiment: str, grid: Any, runs: pd.Data
 
 
 def _readme(title: str, description: str, info: Mapping[str, str], table_md: str, motion_md: str | None,
-            figures: Sequence[Path], notes: Sequence[str]) -> str:
+            figures: Sequence[Path], notes: Sequence[str], *, headline: Sequence[str] = (),
+            regions_md: str | None = None, findings_md: str | None = None) -> str:
     lines = [f"# {title}", ""]
     if description:
         lines += [description, ""]
     lines += ["## Provenance", ""] + [f"- **{k}**: {v}" for k, v in info.items()] + [""]
+    if headline:
+        lines += ["## Summary", ""] + [f"{line}\n" for line in headline]
     lines += ["## Ablation", "",
               "Mean ± sample std over seeds (n = number of seeds); best mean per column in **bold**; "
               "flags: " + ", ".join(f"{v} = {FLAG_DESCRIPTIONS[k]}" for k, v in FLAG_LABELS.items()
                                     if k in {"automask", "min_reprojection", "full_res", "pretrained"}) + ".",
               "", table_md]
+    if regions_md:
+        lines += ["## Errors per region", "", REGIONS_TEXT, "", regions_md]
+    if findings_md:
+        lines += ["## Findings", "", FINDINGS_TEXT, "", findings_md]
     if motion_md:
         lines += ["## Moving objects vs static pixels", "",
                   "Errors restricted to pixels of moving objects and to static pixels (synthetic world GT masks).",
@@ -727,10 +925,52 @@ def _readme(title: str, description: str, info: Mapping[str, str], table_md: str
         for f in pngs:
             lines += [f"![{f.stem}]({f.name})", f"[PDF]({f.with_suffix('.pdf').name})", ""]
     lines += ["## Files", "", "- `table.md`, `table.tex` (booktabs), `table.csv` (numbers), `runs.csv` (every run), "
-              "`report.html` (self-contained)", ""]
+              "`report.html` (self-contained); where computed: `floors.csv` (the no-learning floors), "
+              "`regions.csv` / `regions.tex` (errors per region), `findings.csv`", ""]
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
+
+
+def floor_config(tracker: MLflowTracker, grid: Any, selected: pd.DataFrame, scratch: Path) -> tuple[Any, str]:
+    """The config whose dataset and test split the floors are computed on, and where it came from.
+
+    With a grid: its shared config (base + ``[set]``; the world the runs trained on). Without one: the
+    ``config.toml`` artifact of the newest finished run. ``(None, why)`` when neither is available.
+    """
+    from md2bench.config import ConfigError, load_config
+
+    if grid is not None:
+        try:
+            return grid.shared_config(), f"grid {grid.name}'s base config with its [set]"
+        except Exception as exc:  # noqa: BLE001 - GridError/ConfigError: the floors are optional
+            return None, f"the grid's base config does not load: {exc}"
+    run = selected.sort_values("start_time", ascending=False).iloc[0]
+    try:
+        path = tracker.download_artifact(run["run_id"], "config.toml", scratch / "floor-config")
+        return load_config(path), f"the config of run {run['run_id']}"
+    except (ConfigError, OSError, Exception) as exc:  # noqa: BLE001 - MLflow raises several types
+        return None, f"no grid file and no config.toml artifact on run {run['run_id']} ({type(exc).__name__})"
+
+
+def compute_floors(cfg: Any) -> Any:
+    """``md2bench.floors.evaluate_floors`` on the config's test split (never raises for missing data)."""
+    from md2bench.floors import Floors, evaluate_floors
+
+    try:
+        return evaluate_floors(cfg)
+    except Exception as exc:  # noqa: BLE001 - e.g. a world that cannot be rendered here; the report goes on
+        return Floors(notes=[f"floors not computed: {type(exc).__name__}: {exc}"])
+
+
+def log_floors(tracker: MLflowTracker, experiment: str, grid_name: str, metrics: Mapping[str, float]) -> str | None:
+    """Log ``floor/<name>/<metric>`` on the newest grid parent run (step 0); its id, or None if there is none."""
+    parents = tracker.find_runs(experiment, tags={TAG + "kind": "grid", TAG + "grid": grid_name})
+    if not parents or not metrics:
+        return None
+    run = parents[0]
+    TrackedRun(tracker.client, run.info.run_id, run.info.experiment_id).log_metrics(metrics, step=0)
+    return run.info.run_id
 
 
 def build_report(
@@ -743,6 +983,7 @@ def build_report(
     log_to_mlflow: bool = True,
     num_images: int = 3,
     device: str = "cpu",
+    floors: bool = True,
 ) -> Report:
     """Read a grid's (or an experiment's) runs from MLflow and write the report folder.
 
@@ -752,9 +993,12 @@ def build_report(
         tracking_uri: MLflow store (default: see ``md2bench.tracking.resolve_uri``).
         figures: draw the figures.
         qualitative: draw the qualitative grid (loads each row's checkpoint and the test data).
-        log_to_mlflow: log the folder as artifacts ``report/`` on the grid's newest parent run.
+        log_to_mlflow: log the folder as artifacts ``report/`` (and the floors as ``floor/<name>/<metric>``
+            metrics) on the grid's newest parent run.
         num_images: test images in the qualitative grid.
         device: where the qualitative predictions run.
+        floors: compute the no-learning floors on the grid's test split (reference rows in every table; rows that
+            do not beat the row prior are marked *not learned*).
 
     Raises:
         ReportError: no such grid or experiment (listing those that exist), or no finished runs (naming the
@@ -775,22 +1019,61 @@ def build_report(
             f"produce them with: {grid_cmd}"
         )
     rows = report_rows(grid, runs)
-    summary = summarize(selected, rows)
-    motion = motion_summary(selected, rows)
     paper_ref = grid.paper_table if grid is not None else None
+    grid_name = grid.name if grid is not None else experiment
 
     out_dir = Path(out) if out is not None else Path("reports") / experiment
     out_dir.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     notes: list[str] = []
+
+    # the no-learning floors, computed on the grid's test split
+    floor_frame: pd.DataFrame | None = None
+    floor_note = "--no-floors" if not floors else ""
+    floor_metrics: dict[str, float] = {}
+    if floors:
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg, source = floor_config(tracker, grid, selected, Path(tmp))
+        if cfg is None:
+            floor_note = source
+            notes.append(f"floors not computed: {source}")
+        else:
+            computed = compute_floors(cfg)
+            notes += computed.notes
+            floor_frame = floor_table(computed)
+            floor_metrics = computed.metrics()
+            if floor_frame is not None:
+                notes.append(f"floors: {cfg.data.dataset} test split {cfg.data.test_split!r} "
+                             f"({cfg.data.path or cfg.data.synth_preset + ' world in .md2bench_cache'}), from {source}")
+            floor_note = "; ".join(computed.notes)
+    prior = floor_values(floor_frame).get("row_prior", {}).get("abs_rel")
+
+    summary = mark_learned(summarize(selected, rows), prior)
+    learned = dict(zip(summary["row"], summary["learned"]))
+    motion = motion_summary(selected, rows)
+    regions = region_summary(selected, rows, floor_frame)
+    if regions is not None:
+        regions = mark_learned(regions, prior, learned)
+    verdicts = [judge(f, series_of(selected, [(r.name, r.label) for r in grid.rows], f.metric),
+                      floor_values(floor_frame)) for f in grid.findings] if grid is not None else []
+    headline = [learned_sentence(summary, prior, floor_note)]
+    if verdicts:
+        counts = {status: sum(v.status == status for v in verdicts) for status in ("shown", "not shown", "not run")}
+        headline.append(f"Findings: {counts['shown']} of {len(verdicts)} shown, {counts['not shown']} not shown, "
+                        f"{counts['not run']} not run (see Findings).")
+
     missing = [line["label"] for _, line in summary.iterrows() if line["n"] == 0]
     if missing:
         notes.append(f"not run yet (shown as {MISSING}): {', '.join(missing)}; run: {grid_cmd}")
 
-    table_md = to_markdown(summary, METRICS, paper_ref)
+    table_md = to_markdown(summary, METRICS, paper_ref, floor_frame)
     motion_md = motion_markdown(motion) if motion is not None else None
-    for name, text in (("table.md", table_md + ("\n" + motion_md if motion_md else "")),
-                       ("table.tex", to_latex(summary, METRICS, paper_ref))):
+    regions_md = motion_markdown(regions, floor_frame) if regions is not None else None
+    findings_md = findings_markdown(verdicts) if verdicts else None
+    sections = [table_md] + [f"\n## {t}\n\n{md}" for t, md in (("Errors per region", regions_md),
+                                                                  ("Findings", findings_md)) if md]
+    for name, text in (("table.md", "".join(sections) + ("\n" + motion_md if motion_md else "")),
+                       ("table.tex", to_latex(summary, METRICS, paper_ref, floor_frame))):
         (out_dir / name).write_text(text)
         files.append(out_dir / name)
     summary.to_csv(out_dir / "table.csv", index=False)
@@ -799,10 +1082,24 @@ def build_report(
     if motion is not None:
         motion.to_csv(out_dir / "motion.csv", index=False)
         files.append(out_dir / "motion.csv")
+    if floor_frame is not None:
+        floor_frame.to_csv(out_dir / "floors.csv", index=False)
+        files.append(out_dir / "floors.csv")
+    if regions is not None:
+        regions.to_csv(out_dir / "regions.csv", index=False)
+        region_metrics = _table_metrics(regions)
+        (out_dir / "regions.tex").write_text(to_latex(_as_table(regions, region_metrics), region_metrics, None,
+                                                      floor_frame))
+        files += [out_dir / "regions.csv", out_dir / "regions.tex"]
+    if verdicts:
+        pd.DataFrame.from_records([{"claim": v.finding.claim, "kind": v.finding.kind, "metric": v.finding.metric,
+                                    "verdict": v.status, "why": v.reason, "numbers": v.numbers}
+                                   for v in verdicts]).to_csv(out_dir / "findings.csv", index=False)
+        files.append(out_dir / "findings.csv")
 
     figure_files: list[Path] = []
     if figures:
-        figure_files += plot_metric_bars(selected, rows, out_dir)
+        figure_files += plot_metric_bars(selected, rows, out_dir, floor_values(floor_frame))
         history = val_histories(tracker, selected)
         if history.empty:
             notes.append("validation curves: no val/abs_rel history logged; figure skipped")
@@ -820,15 +1117,19 @@ def build_report(
     info = provenance(tracker, experiment, grid, runs, selected)
     title = f"md2bench report: {experiment}"
     description = grid.description if grid is not None else ""
-    (out_dir / "report.html").write_text(to_html(title, info, summary, motion, figure_files, paper_ref, notes))
-    (out_dir / "README.md").write_text(_readme(title, description, info, table_md, motion_md, figure_files, notes))
+    (out_dir / "report.html").write_text(to_html(title, info, summary, motion, figure_files, paper_ref, notes,
+                                                 floors=floor_frame, regions=regions, verdicts=verdicts,
+                                                 headline=headline))
+    (out_dir / "README.md").write_text(_readme(title, description, info, table_md, motion_md, figure_files, notes,
+                                               headline=headline, regions_md=regions_md, findings_md=findings_md))
     files += [out_dir / "report.html", out_dir / "README.md"]
 
     logged_to = None
     if log_to_mlflow:
-        logged_to = log_report(tracker, experiment, grid.name if grid is not None else experiment, files)
+        log_floors(tracker, experiment, grid_name, floor_metrics)
+        logged_to = log_report(tracker, experiment, grid_name, files)
     return Report(out_dir, experiment, grid.name if grid is not None else None, runs, summary, motion, files,
-                  logged_to, notes)
+                  logged_to, notes, floors=floor_frame, regions=regions, verdicts=verdicts, headline=headline)
 
 
 def log_report(tracker: MLflowTracker, experiment: str, grid_name: str, files: Iterable[Path]) -> str | None:

@@ -35,7 +35,8 @@ Metric names (MLflow and ``RunResult``): ``train/loss``, ``train/<diagnostic>`` 
 ``train/loss/photometric/s0``), ``train/lr``, ``train/images_per_s``, ``train/data_wait_fraction`` (share of the
 window spent waiting for the loader: near 0 means the step, not the data, sets the pace), ``train/epoch`` every ``log_every``
 steps; ``val/loss``, ``val/<diagnostic>``, ``val/abs_rel`` ... per epoch (step = global step); ``test/abs_rel``
-..., ``test/moving/*``, ``test/static/*``, ``test/ratio_mean``, ``test/ratio_std`` at the end.
+..., ``test/moving/*``, ``test/static/*``, the synthetic world's region metrics ``test/occluded/*``,
+``test/comoving/*``, ``test/low_texture/*``, ``test/ratio_mean``, ``test/ratio_std`` at the end.
 """
 
 from __future__ import annotations

@@ -23,6 +23,18 @@ H, W = 32, 64
 GT_DEPTH = 10.0
 
 
+def _write_regions(root: Path, masks: dict[int, dict[str, np.ndarray]]) -> None:
+    """Region mask PNGs (255 = in region) of the left camera: frame -> region -> H×W bool; absent = empty."""
+    from md2bench.regions import REGION_NAMES
+
+    for frame, regions in masks.items():
+        for name in REGION_NAMES:
+            folder = root / DRIVE / "region_mask" / name / "image_02"
+            folder.mkdir(parents=True, exist_ok=True)
+            mask = regions.get(name, np.zeros((H, W), bool))
+            Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{frame:010d}.png")
+
+
 def _write_world(root: Path, frames: int = 2, baseline: float | None = None, H: int = H, W: int = W) -> Path:
     drive = root / DRIVE
     for sub in ("image_02/data", "image_03/data", "proj_depth/groundtruth/image_02", "motion_mask/image_02"):
@@ -95,6 +107,52 @@ def test_moving_static_split_and_median_ratio(tmp_path: Path) -> None:
     assert pp.mean["abs_rel"] == pytest.approx(0.125) and pp.settings["post_process"] is True
     csv = result.save_csv(tmp_path / "eval" / "per_image.csv")
     assert csv.read_text().splitlines()[0].startswith("index,folder,frame,side,abs_rel")
+
+
+def test_region_metrics_on_hand_made_masks(tmp_path: Path) -> None:
+    root = _write_world(tmp_path)
+    quarter = np.zeros((H, W), bool)
+    quarter[: H // 2, : W // 2] = True  # = frame 0's moving quarter
+    left, bottom = np.zeros((H, W), bool), np.zeros((H, W), bool)
+    left[:, : W // 2] = True
+    bottom[H // 2:] = True
+    _write_regions(root, {0: {"occluded": quarter, "low_texture": bottom}, 1: {"occluded": left}})
+    result = evaluate_depth(None, _cfg(root), predict=_stand_in(2.0), progress=False, batch_size=1)
+    # After median scaling (as above) frame 0 is exact except the moving quarter (abs rel |10 − 20|/10 = 1);
+    # frame 1 is exact everywhere.
+    # occluded: frame 0 = the moving quarter -> 1.0; frame 1 = the left half -> 0.0; mean 0.5
+    assert result.per_image["occluded/abs_rel"].tolist() == pytest.approx([1.0, 0.0], abs=1e-6)
+    assert result.mean["occluded/abs_rel"] == pytest.approx(0.5)
+    assert result.per_image["occluded/valid_px"].tolist() == [H * W / 4, H * W / 2]
+    # δ < 1.25 on the quarter: every pixel off by 2x -> 0; frame 1 -> 1; mean 0.5
+    assert result.mean["occluded/a1"] == pytest.approx(0.5)
+    # low_texture: frame 0's static bottom half -> 0; frame 1 has none (NaN, skipped by the nanmean)
+    assert result.mean["low_texture/abs_rel"] == pytest.approx(0.0, abs=1e-6)
+    assert np.isnan(result.per_image["low_texture/abs_rel"][1])
+    # comoving: no pixel anywhere -> NaN (not zero)
+    assert np.isnan(result.mean["comoving/abs_rel"])
+    assert result.settings["regions"] == "occluded, comoving, low_texture"
+    # a world without region masks gives no region metrics (and no error)
+    plain = evaluate_depth(None, _cfg(_write_world(tmp_path / "plain")), predict=_stand_in(2.0), progress=False)
+    assert not any(k.split("/")[0] in ("occluded", "comoving", "low_texture") for k in plain.mean)
+    assert plain.settings["regions"] == "none"
+
+
+def test_old_rendered_world_warns_what_to_run(tmp_path: Path) -> None:
+    root = _write_world(tmp_path)
+    (root / "world.json").write_text(json.dumps({"format": "md2bench-synth/1", "baseline": 0.54}))
+    with pytest.warns(UserWarning, match="no region masks.*md2bench data synth --out"):
+        evaluate_depth(None, _cfg(root), predict=_stand_in(), progress=False)
+
+
+def test_median_scaling_can_be_forced_for_any_mode(tmp_path: Path) -> None:
+    root = _write_world(tmp_path, baseline=0.54)
+    # an MS config would use the fixed ×5.4; scaling="median" (the floors) scales per image instead
+    result = evaluate_depth(None, _cfg(root, "MS"), predict=_stand_in(3.0), progress=False, scaling="median")
+    assert result.settings["scaling"] == "median" and result.ratio_mean == pytest.approx(1 / 3)
+    assert result.per_image["abs_rel"].tolist() == pytest.approx([0.25, 0.0], abs=1e-6)
+    with pytest.raises(ValueError, match="scaling must be"):
+        evaluate_depth(None, _cfg(root), predict=_stand_in(), progress=False, scaling="stereo")
 
 
 def test_stereo_model_uses_fixed_factor(tmp_path: Path) -> None:
@@ -174,3 +232,13 @@ def test_real_networks_run_through_depth_and_pose(tmp_path: Path, pose_net: str)
     pose = evaluate_pose(models, cfg, progress=False)
     mean, std = pose.ate[DRIVE.split("/")[-1]]
     assert np.isfinite(mean) and mean >= 0.0
+
+
+def test_region_metric_names_agree_with_the_metrics_module() -> None:
+    from md2bench import metrics, regions
+
+    assert regions.DEPTH_METRICS == metrics.METRIC_NAMES  # repeated in md2bench.regions to keep it import-light
+    names = regions.metric_names()
+    assert names[:7] == metrics.METRIC_NAMES and "occluded/abs_rel" in names and "static/a3" in names
+    assert len(names) == 7 * (1 + len(regions.SUBSET_NAMES))
+    assert regions.lower_is_better("comoving/rmse") and not regions.lower_is_better("low_texture/a1")

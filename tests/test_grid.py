@@ -283,3 +283,74 @@ def test_unknown_rows_in_expand_fail(tmp_path: Path) -> None:
         grid.expand(rows=["nope"])
     assert [s.row for s in grid.expand(rows=["baseline"])] == ["baseline"]
     assert isinstance(grid.rows[0], Row)
+
+
+# --------------------------------------------------------------------------------------------- findings
+FINDINGS_ROWS = """
+base = "tiny"
+[[rows]]
+name = "full"
+[[rows]]
+name = "no_min"
+set = { "loss.reprojection" = "avg" }
+"""
+
+
+def test_findings_load(tmp_path: Path) -> None:
+    path = _write(tmp_path, FINDINGS_ROWS + """
+        [[findings]]
+        claim = "removing min reprojection worsens the occluded-pixel error"
+        metric = "occluded/abs_rel"
+        better = "full"
+        worse = "no_min"
+
+        [[findings]]
+        claim = "full is best or tied"
+        kind = "best"
+        metric = "a1"
+        row = "full"
+
+        [[findings]]
+        claim = "every row beats the row prior by 2x"
+        kind = "floor"
+        metric = "abs_rel"
+        factor = 2
+    """)
+    grid = load_grid(path)
+    contrast, best, floor = grid.findings
+    assert (contrast.kind, contrast.metric, contrast.better, contrast.worse) == ("contrast", "occluded/abs_rel",
+                                                                                "full", "no_min")
+    assert (best.kind, best.row, best.rows()) == ("best", "full", ("full",))
+    assert (floor.kind, floor.factor, floor.floor, floor.rows()) == ("floor", 2.0, "row_prior", ())
+    assert grid.with_overrides({"train.max_steps": 1}).findings == grid.findings  # kept through CLI overrides
+
+
+@pytest.mark.parametrize(
+    "body, match",
+    [
+        ('claim = "x"\nmetric = "abs_rel"\nbetter = "full"\nworse = "nope"\n',
+         r"finding 1 \('x'\): worse = 'nope' is not a row of this grid; rows: full, no_min"),
+        ('claim = "x"\nmetric = "occluded/absrel"\nbetter = "full"\nworse = "no_min"\n',
+         r"unknown metric 'occluded/absrel'; did you mean 'occluded/abs_rel'\?.*comoving, low_texture"),
+        ('claim = "x"\nmetric = "abs_rel"\nbetter = "full"\n', r"kind = 'contrast' needs 'worse'"),
+        ('claim = "x"\nmetric = "abs_rel"\nbetter = "full"\nworse = "full"\n', r"the same row 'full'"),
+        ('claim = "x"\nkind = "best"\nmetric = "abs_rel"\nbetter = "full"\n',
+         r"unknown key 'better' for kind = 'best' \(it belongs to kind = 'contrast'\)"),
+        ('claim = "x"\nkind = "winner"\nmetric = "abs_rel"\n', r"unknown kind 'winner' \(valid: contrast, best, floor\)"),
+        ('claim = "x"\nkind = "floor"\nmetric = "abs_rel"\nfactor = 0\n', r"factor must be a number > 0"),
+        ('claim = "x"\nkind = "floor"\nmetric = "abs_rel"\nfloor = "median"\n',
+         r"unknown floor 'median' \(valid: constant, row_prior\)"),
+        ('metric = "abs_rel"\nbetter = "full"\nworse = "no_min"\n', r"finding 1: claim must be a non-empty string"),
+    ],
+)
+def test_bad_findings_fail_naming_the_valid_choices(tmp_path: Path, body: str, match: str) -> None:
+    path = _write(tmp_path, FINDINGS_ROWS)
+    path.write_text(path.read_text() + "\n[[findings]]\n" + body)
+    with pytest.raises(GridError, match=match):
+        load_grid(path)
+
+
+def test_the_findings_test_grid_loads() -> None:
+    grid = load_grid(Path(__file__).resolve().parent / "grids" / "findings-test.toml")
+    assert [f.kind for f in grid.findings] == ["contrast", "contrast", "best", "floor", "contrast"]
+    assert grid.findings[3].factor == 2.0 and grid.findings[4].metric == "comoving/abs_rel"

@@ -226,6 +226,31 @@ def test_collated_batch_validates(tmp_path: Path) -> None:
     validate_batch(batch, num_frames=4, height=H, width=W)
 
 
+def test_region_masks_only_where_evaluation_asks(tmp_path: Path) -> None:
+    from md2bench.data.synthetic import render_world
+    from md2bench.regions import REGION_NAMES
+
+    root = render_world(tmp_path / "w", preset="tiny", sequences=2, frames=4, height=32, width=64,
+                        progress=False).root
+    cfg = Config().override({"data.dataset": "synthetic", "data.path": str(root), "data.split": "synth",
+                             "data.test_split": "synth", "data.height": 32, "data.width": 64})
+    train = kitti.build_dataset(cfg, "train", load_depth=False)  # as the trainer reads it
+    assert not train.has_regions and "region_masks" not in train[0]
+    assert "region_masks" not in kitti.build_dataset(cfg, "val")[0]  # validation does not decode them either
+    test = kitti.build_dataset(cfg, "test", load_regions=True)
+    item = test[0]
+    assert item["region_masks"].shape == (len(REGION_NAMES), 32, 64) and item["region_masks"].dtype == torch.uint8
+    line = test.lines[0]
+    for k, region in enumerate(REGION_NAMES):  # channel k = REGION_NAMES[k], 1 where the PNG says 255
+        png = np.asarray(Image.open(kitti.region_mask_path(root, line.folder, line.frame, line.side, region)))
+        np.testing.assert_array_equal(item["region_masks"][k].numpy(), (png == 255).astype(np.uint8))
+    batch = next(iter(torch.utils.data.DataLoader(test, batch_size=2)))
+    validate_batch(batch, num_frames=1, height=32, width=64)
+    bad = dict(batch, region_masks=batch["region_masks"][:, :1])
+    with pytest.raises(Exception, match="region_masks"):
+        validate_batch(bad, num_frames=1, height=32, width=64)
+
+
 def test_build_dataset_without_kitti_path_says_how(tmp_path: Path) -> None:
     cfg = Config().override({"data.dataset": "kitti", "data.split": "eigen_zhou", "data.test_split": "eigen"})
     with pytest.raises(DatasetNotFoundError, match="prepare-kitti"):

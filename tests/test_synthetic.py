@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from md2bench.data import synth_regions as sg
+from md2bench.data import synth_render as sr
 from md2bench.data import synth_textures as tx
 from md2bench.data import synthetic as synth
-from md2bench.data.synth_scene import build_drive, pose_matrix
+from md2bench.data.synth_scene import BOX, Drive, Primitives, build_drive, pose_matrix
+from md2bench.regions import REGION_NAMES
 
 W, H, FRAMES, DRIVES = 160, 64, 6, 3
 FX, FY, CX, CY = 0.58 * W, 1.92 * H, 0.5 * W, 0.5 * H  # 92.8, 122.88, 80, 32
@@ -41,6 +44,14 @@ def _read_depth(root: Path, drive: int, frame: int, camera: int = 2) -> np.ndarr
     """The KITTI depth-benchmark reading: integer PNG value / 256."""
     path = _drive_dir(root, drive) / "proj_depth" / "groundtruth" / f"image_0{camera}" / f"{frame:010d}.png"
     return np.asarray(Image.open(path), dtype=np.int64).astype(np.float64) / 256.0
+
+
+def _read_region(root: Path, drive: int, frame: int, region: str, camera: int = 2) -> np.ndarray:
+    path = _drive_dir(root, drive) / "region_mask" / region / f"image_0{camera}" / f"{frame:010d}.png"
+    with Image.open(path) as img:
+        values = np.asarray(img)
+    assert set(np.unique(values)) <= {0, 255}
+    return values == 255
 
 
 def _read_mask(root: Path, drive: int, frame: int) -> np.ndarray:
@@ -94,7 +105,8 @@ def test_layout_and_world_json(world: Path) -> None:
         for f in range(FRAMES):
             name = f"{f:010d}.png"
             for rel in ("image_02/data", "image_03/data", "proj_depth/groundtruth/image_02",
-                        "proj_depth/groundtruth/image_03", "motion_mask/image_02", "motion_mask/image_03"):
+                        "proj_depth/groundtruth/image_03", "motion_mask/image_02", "motion_mask/image_03",
+                        *(f"region_mask/{r}/image_0{c}" for r in REGION_NAMES for c in (2, 3))):
                 assert (drive / rel / name).is_file(), drive / rel / name
         assert (drive / "poses.txt").is_file()
     assert (world / "preview.png").is_file()
@@ -106,6 +118,20 @@ def test_layout_and_world_json(world: Path) -> None:
     assert meta["intrinsics"]["cx"] == pytest.approx(CX) and meta["intrinsics"]["cy"] == pytest.approx(CY)
     assert meta["baseline"] == 0.54 and meta["split"] == "synth"
     assert meta["summary"]["frames"] == DRIVES * FRAMES
+    assert meta["format"] == "md2bench-synth/2" and meta["regions"]["names"] == list(REGION_NAMES)
+    assert meta["regions"]["texture_threshold"] == sg.TEXTURE_THRESHOLD
+    # the test split's region counts, recounted here from the files: 1 test drive × 4 usable frames, side l
+    stats = meta["summary"]["test_regions"]
+    valid_total, counts = 0, {r: 0 for r in REGION_NAMES}
+    for frame in range(1, FRAMES - 1):
+        valid = (_read_depth(world, DRIVES - 1, frame) > 0) & (_read_depth(world, DRIVES - 1, frame) < 80)
+        valid_total += int(valid.sum())
+        for region in REGION_NAMES:
+            counts[region] += int((_read_region(world, DRIVES - 1, frame, region) & valid).sum())
+    assert stats["images"] == FRAMES - 2 and stats["valid_pixels"] == valid_total
+    for region in REGION_NAMES:
+        assert stats[region]["pixels"] == counts[region] > 0, region  # every region occurs on the test split
+        assert stats[region]["fraction"] == pytest.approx(counts[region] / valid_total, abs=1e-6)
     with Image.open(_drive_dir(world, 0) / "image_02" / "data" / "0000000000.png") as img:
         assert img.size == (W, H) and img.mode == "RGB"
     with Image.open(_drive_dir(world, 0) / "proj_depth" / "groundtruth" / "image_02" / "0000000000.png") as img:
@@ -268,7 +294,8 @@ def test_same_seed_gives_identical_bytes(tmp_path: Path) -> None:
     synth.render_world(tmp_path / "c", seed=8, **kwargs)
     files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
-    assert files_a == files_b and len(files_a) == 2 * 3 * 6 + 2 + 1 + 3 + 1  # frames×6, poses, calib, splits, json
+    # frames × (6 + 2 cameras × 3 region masks), poses, calib, splits, json
+    assert files_a == files_b and len(files_a) == 2 * 3 * 12 + 2 + 1 + 3 + 1
     for rel in files_a:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
     image = Path(synth.DATE) / synth.drive_name(0) / "image_02" / "data" / "0000000001.png"
@@ -340,3 +367,136 @@ def test_cli_data_synth(tmp_path: Path) -> None:
     assert "6 stereo frames" in result.output and (out / "preview.png").is_file() and (out / "world.json").is_file()
     bad = runner.invoke(app, ["data", "synth", "--out", str(tmp_path / "v"), "--preset", "tiny", "--sequences", "1"])
     assert bad.exit_code == 2 and "sequences must be >= 2" in bad.output
+
+
+# ---------------------------------------------------------------------------------------------- region masks
+# Hand-made scenes from the scene primitives, seen by a 64×32 camera with KITTI's normalised K:
+# fx = 0.58·64 = 37.12, fy = 1.92·32 = 61.44, cx = 32, cy = 16.
+RW, RH = 64, 32
+RCAM = sr.Camera(0.58 * RW, 1.92 * RH, 0.5 * RW, 0.5 * RH, RW, RH)
+
+
+def _prims(rows: list[tuple[tuple[float, float, float], tuple[float, float, float]]], moving: bool = False) -> Primitives:
+    """Axis-aligned boxes (centre, half extents), material 0."""
+    n = len(rows)
+    return Primitives(np.full(n, BOX, np.int8), np.array([r[0] for r in rows], float), np.zeros(n),
+                      np.array([r[1] for r in rows], float), np.zeros(n, np.int64), np.full(n, moving),
+                      np.zeros((n, 2)))
+
+
+def _drive(static: Primitives, ego: np.ndarray, cars: np.ndarray | None = None) -> Drive:
+    cars = np.zeros((0, len(ego), 3)) if cars is None else cars
+    return Drive(static, ego, cars, np.full(cars.shape[0], tx.CAR_PAINTS[0], np.int64), False, False)
+
+
+def _regions(drive: Drive, frame: int) -> dict[str, np.ndarray]:
+    cache = sg.ViewCache(drive, sr.ray_grid(RCAM, 1), synth.BASELINE, synth.MAX_DEPTH)
+    flat = np.zeros((RH, RW, 3), np.uint8)
+    return sg.region_masks(drive, frame, cache, (flat, flat))[0]
+
+
+def test_occluded_strip_of_a_box_in_front_of_a_wall_is_exact() -> None:
+    # A wall (front face z = 20 m, covering the view) and a box x ∈ [-1, 1], z ∈ [5, 5.2], tall enough to fill
+    # every row above the horizon; the camera slides sideways: x = -0.5, 0, +0.5 m in frames 0, 1, 2 (yaw 0).
+    static = _prims([((0.0, 0.0, 20.5), (50.0, 50.0, 0.5)), ((0.0, -4.175, 5.1), (1.0, 5.825, 0.1))])
+    drive = _drive(static, np.array([[-0.5, 0.0, 0.0], [0.0, 0.0, 0.0], [0.5, 0.0, 0.0]]))
+    occluded = _regions(drive, 1)["occluded"]
+    # Frame 1 (camera at x = 0), rows above the horizon (v < cy = 16: no road). Column u sees the wall at
+    # X = (u - 32)·20/37.12 where |X| > 4 (else the box: X/4 ∈ [-1, 1] at z = 5 hides it; at z = 5.2, 3.85).
+    # From x = +0.5 (frame 2) the ray to (X, 20) crosses z = 5 at 0.5 + (X - 0.5)/4: inside [-1, 1] for
+    # X ∈ [-5.5, 2.5] (z = 5.2: [-5.27, 2.42]), so the visible wall with X ∈ [-5.5, -4) is hidden: u = 21.79 ..
+    # 24.58 -> columns 22, 23, 24. Mirrored for frame 0 (x = -0.5): X ∈ (4, 5.5] -> columns 40, 41, 42.
+    # Out of view: in frame 2 every point moves 0.5·37.12/20 = 0.928 px left, so column 0 (u' = -0.928 <
+    # -0.5) leaves the image; in frame 0 column 63 (u' = 63.928 >= 63.5). The box's front face never hides.
+    expected = np.zeros(RW, bool)
+    expected[[0, 22, 23, 24, 40, 41, 42, 63]] = True
+    for row in range(16):
+        np.testing.assert_array_equal(occluded[row], expected, err_msg=f"row {row}")
+    # at a drive end only the existing neighbour counts: frame 0 has frame 1 only (camera 0.5 m to the right)
+    # -> the strip left of the box (X from the camera at -0.5: columns 22-24 shifted by 0.928 px) and column 0
+    first = _regions(drive, 0)["occluded"][:16]
+    assert not first[:, 40:64].any() and first[:, 0].all()
+
+
+def test_comoving_is_every_pixel_of_a_car_that_moves_with_the_camera() -> None:
+    # The ego drives 1 m per frame along z. Car 0 keeps 12 m ahead of it (the follower); car 1 drives towards
+    # it in the other lane; a parked car (static boxes) stands at the side.
+    frames = 3
+    ego = np.stack([np.zeros(frames), np.arange(frames, dtype=float), np.zeros(frames)], axis=1)
+    follower = np.stack([np.zeros(frames), ego[:, 1] + 12.0, np.zeros(frames)], axis=1)
+    oncoming = np.stack([np.full(frames, -3.5), 20.0 - 1.5 * np.arange(frames), np.full(frames, np.pi)], axis=1)
+    parked = _prims([((4.0, 1.1, 15.0), (0.9, 0.4, 2.1))])  # a car-sized static box on the right
+    drive = _drive(parked, ego, np.stack([follower, oncoming]))
+    cache = sg.ViewCache(drive, sr.ray_grid(RCAM, 1), synth.BASELINE, synth.MAX_DEPTH)
+    view = cache.get(1)[0]
+    hit = view.hits.hit.reshape(RH, RW)
+    owner = np.full(hit.shape, -1)
+    seen = hit > 0
+    owner[seen] = drive.owner_car()[hit[seen] - 1]
+    comoving = _regions(drive, 1)["comoving"]
+    assert (owner == 0).sum() > 50 and (owner == 1).sum() > 10 and (hit == 1).sum() > 10  # all three in view
+    np.testing.assert_array_equal(comoving, owner == 0)  # exactly the follower's pixels, not the others
+
+
+def test_low_texture_is_the_flat_wall_not_the_textured_one() -> None:
+    # Left half a flat grey wall, right half a wall with a ±20-grey-level checkerboard; the top 4 rows are sky.
+    image = np.full((RH, RW, 3), 128, np.uint8)
+    checker = ((np.arange(RH)[:, None] + np.arange(RW)[None, :]) % 2) * 40 + 108
+    image[:, RW // 2:] = checker[:, RW // 2:, None]
+    valid = np.ones((RH, RW), bool)
+    valid[:4] = False
+    mask = sg.low_texture(image, valid)
+    # the 7×7 window sees only the flat wall up to column 32 - 3 - 1 = 28; from column 29 it reaches the checker
+    # (std of the window > 0.01: 40 grey levels on several of its pixels); the sky has no GT depth.
+    expected = valid.copy()
+    expected[:, 29:] = False
+    np.testing.assert_array_equal(mask, expected)
+    # the threshold is on the std of the grey level: a ±1 grey-level dither (std 1/255 = 0.0039) stays "low"
+    dither = (image[..., :1] + (checker[..., None] > 128)).astype(np.uint8).repeat(3, axis=2)
+    dither[:, RW // 2:] = 128
+    assert sg.low_texture(dither, valid)[4:].all()
+
+
+def test_rendered_regions_are_consistent_with_depth_and_motion(world: Path) -> None:
+    for frame in range(FRAMES):
+        depth = _read_depth(world, 0, frame)
+        moving = _read_mask(world, 0, frame)
+        regions = {r: _read_region(world, 0, frame, r) for r in REGION_NAMES}
+        for region, mask in regions.items():
+            assert not (mask & (depth == 0)).any(), region  # regions only where there is GT depth
+        assert not (regions["comoving"] & ~moving).any()  # co-moving pixels belong to moving objects
+    # drive 0 has a follower: co-moving pixels in every frame; its first frame has only frame 1 as neighbour
+    assert all(_read_region(world, 0, f, "comoving").any() for f in range(FRAMES))
+    # moving forward, the bottom row (road 6.5 m ahead) leaves the image in the next frame: occluded
+    assert _read_region(world, 0, 2, "occluded")[-1].mean() > 0.9
+
+
+def test_ensure_world_rerenders_a_cached_world_without_region_masks(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from md2bench.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("tiny", {"data.synth_seed": 4})
+    root = synth.ensure_world(cfg)
+    image = root / synth.DATE / synth.drive_name(0) / "image_02" / "data" / "0000000001.png"
+    before = image.read_bytes()
+    # make it look like a format-1 world: no region masks, old format string
+    for drive in (root / synth.DATE).iterdir():
+        if drive.is_dir():
+            import shutil
+
+            shutil.rmtree(drive / "region_mask")
+    meta = json.loads((root / "world.json").read_text())
+    meta["format"] = "md2bench-synth/1"
+    (root / "world.json").write_text(json.dumps(meta))
+    assert not synth.has_region_masks(root)
+    with pytest.warns(UserWarning, match="older format"):
+        assert synth.ensure_world(cfg) == root
+    assert synth.has_region_masks(root) and (root / synth.DATE / synth.drive_name(0) / "region_mask").is_dir()
+    assert image.read_bytes() == before  # colour images are byte-identical across the formats
+    assert sorted(p.name for p in root.parent.iterdir()) == ["tiny-4"]  # no temporary folders left
+    # a world at an explicit data.path is never rewritten
+    meta["format"] = "md2bench-synth/1"
+    (root / "world.json").write_text(json.dumps(meta))
+    assert synth.ensure_world(cfg.override({"data.path": str(root)})) == root
+    assert not synth.has_region_masks(root)

@@ -239,6 +239,10 @@ def test_short_training_learns_and_is_tracked(worlds: dict[str, Path], tmp_path:
     for name in ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3", "ratio_mean", "ratio_std"):
         assert metrics[f"test/{name}"] == pytest.approx(result.test_metrics[f"test/{name}"])
     assert "test/moving/abs_rel" in metrics or "test/static/abs_rel" in metrics
+    # the region metrics of the synthetic world, logged like moving/* (the tiny world's test drive has a follower)
+    for region in ("occluded", "comoving", "low_texture"):
+        for name in ("abs_rel", "a1"):
+            assert metrics[f"test/{region}/{name}"] == pytest.approx(result.test_metrics[f"test/{region}/{name}"])
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"config.toml", "checkpoints", "images", "eval"} <= artifacts
     assert [a.path for a in client.list_artifacts(result.run_id, "checkpoints")] == ["checkpoints/last.pt"]

@@ -7,6 +7,7 @@ Layout read (KITTI raw, REFERENCE §3.1)::
     <root>/<date>/<date>_drive_<NNNN>_sync/velodyne_points/data/<frame:010d>.bin
     <root>/<date>/<date>_drive_<NNNN>_sync/proj_depth/groundtruth/image_02|03/<frame:010d>.png   (optional)
     <root>/<date>/<date>_drive_<NNNN>_sync/motion_mask/image_02|03/<frame:010d>.png              (synthetic)
+    <root>/<date>/<date>_drive_<NNNN>_sync/region_mask/<region>/image_02|03/<frame:010d>.png     (synthetic)
 
 KITTI odometry (split ``odom``; the folder field of a split line is the sequence number)::
 
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from md2bench.data.transforms import IDENTITY_JITTER, sample_augmentation
+from md2bench.regions import REGION_NAMES
 
 if TYPE_CHECKING:
     from md2bench.config import Config
@@ -146,6 +148,12 @@ def depth_gt_path(root: str | Path, folder: str, frame: int, side: str) -> Path:
 def motion_mask_path(root: str | Path, folder: str, frame: int, side: str) -> Path:
     """Moving-object mask PNG (8-bit, > 0 = moving) of the synthetic world."""
     return Path(root) / folder / "motion_mask" / f"image_0{SIDE_TO_CAMERA[side]}" / f"{frame:010d}.png"
+
+
+def region_mask_path(root: str | Path, folder: str, frame: int, side: str, region: str) -> Path:
+    """Region mask PNG (8-bit, > 0 = in the region) of the synthetic world (format 2; ``REGION_NAMES``)."""
+    return (Path(root) / folder / "region_mask" / region / f"image_0{SIDE_TO_CAMERA[side]}"
+            / f"{frame:010d}.png")
 
 
 # ------------------------------------------------------------------------------------------- calibration / GT
@@ -371,6 +379,8 @@ class MonoDataset(torch.utils.data.Dataset):
         load_depth: return ``depth_gt`` when the first line has a GT PNG (then every item has one; a missing
             file gives zeros = no depth).
         load_motion_mask: likewise for ``motion_mask``.
+        load_regions: return ``region_masks`` (the synthetic world's region masks, ``REGION_NAMES`` order) when
+            the first line has them; only evaluation asks for them (training never decodes them).
         color_aug: colour augmentation enabled (training only).
         flip: flip augmentation enabled (training only).
         k_normalised: 4×4 normalised intrinsics (default KITTI's).
@@ -400,6 +410,7 @@ class MonoDataset(torch.utils.data.Dataset):
         gt_shape: tuple[int, int] | None = None,
         check_files: bool = True,
         load_pose: bool = False,
+        load_regions: bool = False,
     ) -> None:
         if not frames or frames[0] != 0:
             raise ValueError(f"frames must start with 0, got {tuple(frames)}")
@@ -433,10 +444,17 @@ class MonoDataset(torch.utils.data.Dataset):
         self.has_pose = load_pose and (self.root / first.folder / "poses.txt").is_file()
         self.baseline = _world_baseline(self.root)
         self._poses: dict[str, np.ndarray] = {}
+        self.has_regions = load_regions and region_mask_path(
+            self.root, first.folder, first.frame, first.side, REGION_NAMES[0]).is_file()
         self._native_gt_shape: tuple[int, int] | None = None
-        if (self.has_depth or self.has_motion_mask) and gt_shape is None:
-            probe = depth_gt_path if self.has_depth else motion_mask_path
-            with Image.open(probe(self.root, first.folder, first.frame, first.side)) as img:
+        if (self.has_depth or self.has_motion_mask or self.has_regions) and gt_shape is None:
+            if self.has_depth:
+                probe = depth_gt_path(self.root, first.folder, first.frame, first.side)
+            elif self.has_motion_mask:
+                probe = motion_mask_path(self.root, first.folder, first.frame, first.side)
+            else:
+                probe = region_mask_path(self.root, first.folder, first.frame, first.side, REGION_NAMES[0])
+            with Image.open(probe) as img:
                 self._native_gt_shape = (img.height, img.width)
 
     # -- construction-time checks ----------------------------------------------------------------------
@@ -582,6 +600,10 @@ class MonoDataset(torch.utils.data.Dataset):
         if self.has_pose:
             item["pose_gt"] = torch.from_numpy(gt_pose_transforms(
                 self._drive_poses(line), line.frame, self.frames, line.side, flip, self.baseline).astype(np.float32))
+        if self.has_regions:
+            item["region_masks"] = torch.cat([
+                self._load_map(region_mask_path(self.root, line.folder, line.frame, line.side, region), line, flip,
+                               depth=False) for region in REGION_NAMES])
         return item
 
     def _drive_poses(self, line: SplitLine) -> np.ndarray:
@@ -593,6 +615,17 @@ class MonoDataset(torch.utils.data.Dataset):
             raise DatasetFileError(f"{self.root / line.folder / 'poses.txt'} has {len(poses)} poses; "
                                    f"{line.describe()} needs frames {min(needed)}..{max(needed)}")
         return poses
+
+    def load_depth_gt(self, index: int) -> torch.Tensor:
+        """The GT depth of item ``index`` alone (1×Hg×Wg float32 metres, 0 = none; no images decoded, no flip).
+
+        Raises:
+            ValueError: the dataset has no GT depth.
+        """
+        if not self.has_depth:
+            raise ValueError(f"the split under {self.root} has no GT depth PNGs (proj_depth/groundtruth/)")
+        line = self.lines[index]
+        return self._load_map(depth_gt_path(self.root, line.folder, line.frame, line.side), line, False, depth=True)
 
 
 # ------------------------------------------------------------------------------------------- from the config
@@ -657,6 +690,7 @@ def build_dataset(
     seed: int | None = None,
     load_depth: bool | None = None,
     check_files: bool = True,
+    load_regions: bool = False,
 ) -> MonoDataset:
     """The dataset of ``split`` ("train" | "val" | "test") for a config.
 
@@ -671,6 +705,7 @@ def build_dataset(
         seed: augmentation seed (default ``cfg.train.seed``).
         load_depth: override whether GT depth/motion masks are loaded (default: as above).
         check_files: verify files at construction.
+        load_regions: also load the synthetic world's region masks where the world has them (evaluation only).
     """
     root = dataset_root(cfg)
     lines = read_split(split_file(cfg, split, root))
@@ -693,4 +728,5 @@ def build_dataset(
         gt_shape=KITTI_FULL_RES if kitti else None,
         check_files=check_files,
         load_pose=split != "test" and not kitti,
+        load_regions=load_regions and not kitti,
     )

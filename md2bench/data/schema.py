@@ -20,6 +20,7 @@ Keys of one item (B is added by collation):
 | ``depth_gt``   | float32 | 1×Hg×Wg        | optional: ground-truth depth in metres, 0 = no depth |
 | ``motion_mask``| uint8   | 1×Hg×Wg        | optional: 1 = independently moving object (synthetic world only) |
 | ``pose_gt``    | float32 | F×4×4          | optional: exact ``T_src_tgt`` of every frame in metres (identity for 0; synthetic world) |
+| ``region_masks``| uint8  | R×Hg×Wg        | optional, evaluation only: 1 = in region r (``md2bench.regions.REGION_NAMES`` order) |
 
 The flip is already applied to ``images``, ``depth_gt`` and ``motion_mask`` (and ``stereo_T``'s sign); K needs no
 change because the normalised principal point is at the image centre.
@@ -42,6 +43,7 @@ REQUIRED: dict[str, torch.dtype] = {
 }
 OPTIONAL: dict[str, torch.dtype] = {"depth_gt": torch.float32, "motion_mask": torch.uint8, "pose_gt": torch.float32}
 MAPS = ("depth_gt", "motion_mask")  # optional per-pixel maps, 1×Hg×Wg
+REGION_KEY = "region_masks"  # uint8 R×Hg×Wg, checked separately (R channels, not 1)
 
 
 class BatchError(ValueError):
@@ -55,7 +57,8 @@ def validate_batch(batch: Mapping[str, Any], num_frames: int, height: int, width
         BatchError: naming the first key that is missing or wrong.
     """
     lead = 1 if batched else 0
-    for key, dtype in {**REQUIRED, **{k: v for k, v in OPTIONAL.items() if k in batch}}.items():
+    optional = {**OPTIONAL, REGION_KEY: torch.uint8}
+    for key, dtype in {**REQUIRED, **{k: v for k, v in optional.items() if k in batch}}.items():
         if key not in batch:
             raise BatchError(f"batch is missing {key!r}; required keys: {', '.join(REQUIRED)}")
         value = batch[key]
@@ -75,3 +78,10 @@ def validate_batch(batch: Mapping[str, Any], num_frames: int, height: int, width
     for key in MAPS:
         if key in batch and (batch[key].dim() != 3 + lead or batch[key].shape[lead] != 1):
             raise BatchError(f"batch[{key!r}] has shape {tuple(batch[key].shape)}, expected (B,)1×Hg×Wg")
+    if REGION_KEY in batch:
+        from md2bench.regions import REGION_NAMES
+
+        regions = batch[REGION_KEY]
+        if regions.dim() != 3 + lead or regions.shape[lead] != len(REGION_NAMES):
+            raise BatchError(f"batch[{REGION_KEY!r}] has shape {tuple(regions.shape)}, expected "
+                             f"(B,){len(REGION_NAMES)}×Hg×Wg ({', '.join(REGION_NAMES)})")

@@ -135,12 +135,13 @@ _EDGES = np.array([(i, j) for i in range(8) for j in range(i + 1, 8) if bin(i ^ 
 
 
 def _screen_rects(prims: Primitives, cam_yaw: float, origin: np.ndarray, cam: Camera,
-                  t_max: float) -> tuple[np.ndarray, np.ndarray]:
+                  t_max: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pixel-space bounding rectangles of the primitives' bounding boxes, clipped to the near plane.
 
     Returns:
         keep: (P,) bool, the primitive may be visible.
         rect: (P, 4) float64 (u_min, u_max, v_min, v_max) in pixels (meaningful where ``keep``).
+        near_z: (P,) float64 smallest camera z of the clipped bounding box (no hit on the primitive is nearer).
     """
     half = prims.half
     ext = np.where(prims.kind[:, None] == BOX, half,
@@ -169,7 +170,7 @@ def _screen_rects(prims: Primitives, cam_yaw: float, origin: np.ndarray, cam: Ca
     near_z = np.where(valid, cand[..., 2], np.inf).min(1)
     keep = (valid.any(1) & (near_z < t_max) & (rect[:, 1] >= -1) & (rect[:, 0] <= cam.width)
             & (rect[:, 3] >= -1) & (rect[:, 2] <= cam.height))
-    return keep, rect
+    return keep, rect, near_z
 
 
 @dataclass(frozen=True)
@@ -180,11 +181,13 @@ class Candidates:
         prim: (M,) int64 primitive index.
         ray: (M,) int64 flat ray (pixel) index.
         bounds: (4,) int64: pairs ``bounds[k]:bounds[k+1]`` are of kind k (BOX, CYLINDER, SPHERE).
+        near_z: (P,) float64 per primitive: no hit on it is nearer than this camera z (bounding-box bound).
     """
 
     prim: np.ndarray
     ray: np.ndarray
     bounds: np.ndarray
+    near_z: np.ndarray
 
 
 def _pairs(index: np.ndarray, rect: np.ndarray, grid: RayGrid) -> tuple[np.ndarray, np.ndarray]:
@@ -299,13 +302,13 @@ def cast(prims: Primitives, cam_yaw: float, origin: np.ndarray, grid: RayGrid,
     t_row, id_row = _ground(grid.ys, origin, t_max)
     best, hit = np.repeat(t_row, w), np.repeat(id_row, w)
     loc = _local_frames(prims, cam_yaw, origin)
-    keep, rect = _screen_rects(prims, cam_yaw, origin, grid.cam, t_max)
+    keep, rect, near_z = _screen_rects(prims, cam_yaw, origin, grid.cam, t_max)
     parts = [_pairs(np.flatnonzero(keep & (prims.kind == kind)), rect, grid) for kind in (BOX, CYLINDER, SPHERE)]
     bounds = np.cumsum([0] + [p.size for p, _ in parts])
     prim = np.concatenate([p for p, _ in parts])
     ray = np.concatenate([r for _, r in parts])
     _nearest(prims, loc, prim, ray, grid.xs[ray % w], grid.ys[ray // w], bounds, best, hit, t_max)
-    return Hits(best, hit), Candidates(prim, ray, bounds)
+    return Hits(best, hit), Candidates(prim, ray, bounds, near_z)
 
 
 def refine_pixels(hits: Hits, candidates: Candidates, prims: Primitives, cam: Camera,
@@ -363,6 +366,78 @@ def refine(prims: Primitives, cam_yaw: float, origin: np.ndarray, fine: RayGrid,
     ray = (slot[keep][:, None] * (s * s) + np.arange(s * s)[None, :]).reshape(-1)
     _nearest(prims, _local_frames(prims, cam_yaw, origin), prim, ray, x[ray], y[ray], bounds, best, hit, t_max)
     return Hits(best, hit), x, y
+
+
+@dataclass(frozen=True)
+class CandidateIndex:
+    """The candidate pairs of a one-ray-per-pixel pass grouped by pixel, per primitive kind (CSR layout).
+
+    Attributes:
+        prim: per kind k, (M_k,) int64 primitives sorted by pixel.
+        start: per kind k, (H·W + 1,) int64: the pairs of pixel q are ``prim[k][start[k][q]:start[k][q + 1]]``.
+        near_z: (P,) float64 per primitive: no hit on it is nearer than this camera z.
+    """
+
+    prim: tuple[np.ndarray, ...]
+    start: tuple[np.ndarray, ...]
+    near_z: np.ndarray
+
+
+def index_candidates(candidates: Candidates, pixels: int) -> CandidateIndex:
+    """Group the pairs of ``cast`` by pixel (``pixels`` = H·W), once per camera pass, for ``cast_rays``."""
+    prims, starts = [], []
+    for kind in (BOX, CYLINDER, SPHERE):
+        seg = slice(int(candidates.bounds[kind]), int(candidates.bounds[kind + 1]))
+        ray = candidates.ray[seg]
+        order = np.argsort(ray, kind="stable")
+        prims.append(candidates.prim[seg][order])
+        starts.append(np.concatenate([[0], np.cumsum(np.bincount(ray, minlength=pixels))]).astype(np.int64))
+    return CandidateIndex(tuple(prims), tuple(starts), candidates.near_z)
+
+
+def cast_rays(prims: Primitives, cam_yaw: float, origin: np.ndarray, cam: Camera, index: CandidateIndex,
+              u: np.ndarray, v: np.ndarray, t_max: float, before: np.ndarray | None = None) -> Hits:
+    """Nearest hits of rays through arbitrary image points (u, v) of a camera (e.g. reprojected scene points).
+
+    Each ray is tested against the candidate pairs of its nearest pixel: their screen rectangles carry a
+    one-pixel margin, so they hold every primitive the ray can hit anywhere inside that pixel.
+
+    Args:
+        prims: the scene the candidates were computed for.
+        cam_yaw: camera yaw in the street frame; origin: (3,) camera centre.
+        cam: intrinsics.
+        index: ``index_candidates`` of this camera's pixel-centre pass.
+        u, v: (N,) float64 pixel coordinates inside the image, ``-0.5 <= u < W - 0.5``, ``-0.5 <= v < H - 0.5``.
+        t_max: far limit.
+        before: (N,) camera z per ray: only primitives that may be hit nearer than this are tested (a visibility
+            test needs nothing farther); the returned hit is exact wherever it is nearer than ``before``.
+
+    Returns:
+        (N,) hits: camera-z depth (inf = sky) and id.
+    """
+    x = ((u - cam.cx) / cam.fx).astype(np.float32)
+    y = ((v - cam.cy) / cam.fy).astype(np.float32)
+    pixel = (np.clip(np.rint(v), 0, cam.height - 1).astype(np.int64) * cam.width
+             + np.clip(np.rint(u), 0, cam.width - 1).astype(np.int64))
+    best, hit = _ground(y, origin, t_max)
+    prim_parts, ray_parts, bounds = [], [], [0]
+    rays = np.arange(pixel.size)
+    for sorted_prim, start in zip(index.prim, index.start):
+        first = start[pixel]
+        count = start[pixel + 1] - first
+        owner = np.repeat(rays, count)
+        # pair j of ray i sits at first[i] + j: arange over all pairs, shifted by (first - offset of ray i's run)
+        prim = sorted_prim[np.arange(owner.size) + np.repeat(first - (np.cumsum(count) - count), count)]
+        if before is not None:
+            near = index.near_z[prim] < before[owner]
+            prim, owner = prim[near], owner[near]
+        prim_parts.append(prim)
+        ray_parts.append(owner)
+        bounds.append(bounds[-1] + owner.size)
+    prim, ray = np.concatenate(prim_parts), np.concatenate(ray_parts)
+    _nearest(prims, _local_frames(prims, cam_yaw, origin), prim, ray, x[ray], y[ray], np.array(bounds), best, hit,
+             t_max)
+    return Hits(best, hit)
 
 
 # ---------------------------------------------------------------------------------------------- shading
@@ -476,7 +551,8 @@ def shade(hits: Hits, x_all: np.ndarray, y_all: np.ndarray, samples: int, prims:
 
 
 def render_camera(prims: Primitives, cam_yaw: float, origin: np.ndarray, grids: tuple[RayGrid, RayGrid],
-                  atlas: tx.TextureAtlas, t_max: float) -> tuple[np.ndarray, Hits]:
+                  atlas: tx.TextureAtlas, t_max: float,
+                  centre: tuple[Hits, Candidates] | None = None) -> tuple[np.ndarray, Hits]:
     """Render one camera: (H, W, 3) float32 colour and the pixel-centre hits (depth, ids).
 
     Args:
@@ -485,10 +561,12 @@ def render_camera(prims: Primitives, cam_yaw: float, origin: np.ndarray, grids: 
         grids: (one ray per pixel, s×s per pixel) ray grids of the camera.
         atlas: textures.
         t_max: far limit (farther = sky).
+        centre: ``cast(prims, cam_yaw, origin, grids[0], t_max)`` when the caller already has it (the result
+            does not depend on where it was computed).
     """
     centre_grid, fine = grids
     cam, s = centre_grid.cam, fine.samples
-    hits, candidates = cast(prims, cam_yaw, origin, centre_grid, t_max)
+    hits, candidates = centre if centre is not None else cast(prims, cam_yaw, origin, centre_grid, t_max)
     pixels = refine_pixels(hits, candidates, prims, cam)
     plain = np.ones(hits.t.size, bool)
     plain[pixels] = False

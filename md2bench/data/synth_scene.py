@@ -126,6 +126,17 @@ class Drive:
         x, z, yaw = self.ego[frame]
         return pose_matrix(x, 0.0, z, yaw)
 
+    def car_to_street(self, car: int, frame: int) -> np.ndarray:
+        """4×4 float64 pose of moving car ``car`` at ``frame`` (its ground point and heading; street frame)."""
+        x, z, yaw = self.cars[car, frame]
+        return pose_matrix(x, 0.0, z, yaw)
+
+    def owner_car(self) -> np.ndarray:
+        """(P,) int64: for every primitive of ``primitives(frame)`` (any frame), the moving car it belongs to,
+        or -1 for static primitives (the static ones come first, then ``len(_CAR_PARTS)`` boxes per car)."""
+        cars = np.repeat(np.arange(self.cars.shape[0], dtype=np.int64), len(_CAR_PARTS))
+        return np.concatenate([np.full(len(self.static), -1, np.int64), cars])
+
 
 def rot_y(yaw: float) -> np.ndarray:
     """3×3 rotation about +y: maps the local +z axis to (sin yaw, 0, cos yaw)."""

@@ -8,7 +8,8 @@ ego's own speed and heading (it stands still in the image: the case auto-masking
 are in ``synth_scene``, textures in ``synth_textures``, the ray caster in ``synth_render``.
 
 Unlike any real dataset the ground truth is exact: dense depth (camera z of each pixel's centre ray), poses,
-intrinsics and the masks of moving objects. Files (``<date>`` = ``DATE``)::
+intrinsics, the masks of moving objects and three region masks for judging the paper's innovations on the pixels
+they exist for (``synth_regions``; names in ``md2bench.regions.REGION_NAMES``). Files (``<date>`` = ``DATE``)::
 
     DIR/world.json                                  options, intrinsics, baseline, drives, summary (written last)
     DIR/<date>/calib_cam_to_cam.txt                 KITTI format; P_rect_02/03 match the rendering, S_rect_0x = W H
@@ -16,6 +17,8 @@ intrinsics and the masks of moving objects. Files (``<date>`` = ``DATE``)::
         image_02/data/<frame:010d>.png              left RGB          image_03/...: right RGB (0.54 m to the right)
         proj_depth/groundtruth/image_02/<frame>.png 16-bit, metres × 256, 0 = no depth (sky); image_03 likewise
         motion_mask/image_02/<frame>.png            8-bit, 255 = independently moving object; image_03 likewise
+        region_mask/<region>/image_02/<frame>.png   8-bit, 255 = in the region; image_03 likewise; <region> =
+                                                    occluded | comoving | low_texture (format 2 and later)
         poses.txt                                   left camera-to-world 3×4 per frame (KITTI odometry format),
                                                     world = the drive's first left camera
     DIR/splits/synth/{train,val,test}_files.txt     ``<date>/<drive> <frame> <l|r>``; test = held-out drives, side l
@@ -25,6 +28,19 @@ ray per pixel centre shades a mip-filtered texture (``synth_render``). Intrinsic
 the image (fx = 0.58·W, fy = 1.92·H, cx = 0.5·W, cy = 0.5·H) with
 pixel (row i, column j) centred at (u, v) = (j, i), the convention of the reference's back-projection.
 Same seed and options give byte-identical files (world.json holds no timings).
+
+Region masks (exact, from the scene geometry; see ``synth_regions`` for the definitions and constants), over the
+pixels with GT depth: ``occluded`` = the pixel's surface point is hidden behind another surface or outside the
+image in at least one temporal neighbour frame (±1, same camera), moved with its object (ray-cast, relative
+depth tolerance 1e-3); ``comoving`` = pixels of moving cars whose image motion to every neighbour is < 1 pixel
+because the car moves with the camera (relative speed < 1 m/s); ``low_texture`` = std of the grey level (BT.601 luma / 255) in the 7×7 window
+around the pixel < 0.01. ``world.json`` describes them under ``regions`` and counts their pixels on the test
+split (valid GT, 0 < depth < 80 m as the evaluation scores) under ``summary.test_regions``.
+
+Formats: ``md2bench-synth/1`` had no region masks; ``md2bench-synth/2`` adds them (colour, depth, motion masks
+and poses are byte-identical to format 1 for the same seed). ``ensure_world`` re-renders an older world that
+sits in the cache; a world at an explicit ``data.path`` is never touched (evaluation warns that it has no
+region masks and names the command that re-renders it).
 
 Entry points: ``render_world`` (the ``md2bench data synth`` command), ``ensure_world(cfg)`` (render into the
 cache on first use), ``render_frame`` (one frame in memory), ``render_benchmark`` (frames/s).
@@ -43,14 +59,16 @@ import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 from PIL import Image
 
+from md2bench.data import synth_regions as sg
 from md2bench.data import synth_render as sr
 from md2bench.data import synth_textures as tx
 from md2bench.data.synth_scene import FPS, GROUND_Y, Drive, build_drive, pose_matrix
+from md2bench.regions import REGION_NAMES
 
 if TYPE_CHECKING:
     from md2bench.config import Config
@@ -63,7 +81,10 @@ DEPTH_SCALE = 256.0  # KITTI depth-benchmark PNG: value = metres × 256
 MAX_DEPTH = 200.0  # farther surfaces are not intersected (shown as sky, depth 0); < 65535/256 m
 SAMPLES = 2  # supersampling per axis on silhouettes and thin objects (2×2 sub-pixel rays, box-averaged)
 PNG_COMPRESS_LEVEL = 1  # zlib level: deterministic at any level; 1 keeps encoding cheap
-FORMAT = "md2bench-synth/1"
+FORMAT = "md2bench-synth/2"  # 2: region masks added (region_mask/<region>/image_0X/<frame>.png)
+REGION_DIR = "region_mask"
+EVAL_MAX_DEPTH = 80.0  # the synth test protocol's GT cap (md2bench.metrics.protocol_for_split("synth")): the
+# test-split region counts in world.json count the pixels the evaluation scores
 
 
 @dataclass(frozen=True)
@@ -152,6 +173,8 @@ class RenderedFrame:
         depth_right: (H, W) float32 the same for the right camera.
         motion_left: (H, W) bool: the centre ray hits an independently moving car.
         motion_right: (H, W) bool: likewise for the right camera.
+        regions_left: region name (``REGION_NAMES``) -> (H, W) bool mask of the left camera.
+        regions_right: likewise for the right camera.
     """
 
     left: np.ndarray
@@ -160,6 +183,8 @@ class RenderedFrame:
     depth_right: np.ndarray
     motion_left: np.ndarray
     motion_right: np.ndarray
+    regions_left: Mapping[str, np.ndarray]
+    regions_right: Mapping[str, np.ndarray]
 
 
 def ray_grids(options: WorldOptions) -> tuple[sr.RayGrid, sr.RayGrid]:
@@ -167,10 +192,16 @@ def ray_grids(options: WorldOptions) -> tuple[sr.RayGrid, sr.RayGrid]:
     return sr.ray_grid(options.camera, 1), sr.ray_grid(options.camera, SAMPLES)
 
 
+def view_cache(drive: Drive, grids: tuple[sr.RayGrid, sr.RayGrid]) -> sg.ViewCache:
+    """The pixel-centre passes of a drive's frames, shared by the colour rendering and the region masks."""
+    return sg.ViewCache(drive, grids[0], BASELINE, MAX_DEPTH)
+
+
 def render_frame(drive: Drive, frame: int, options: WorldOptions, atlas: tx.TextureAtlas,
-                 grids: tuple[sr.RayGrid, sr.RayGrid] | None = None) -> RenderedFrame:
+                 grids: tuple[sr.RayGrid, sr.RayGrid] | None = None,
+                 cache: sg.ViewCache | None = None) -> RenderedFrame:
     """Render frame ``frame`` of ``drive``: both cameras' colour (2×2 supersampled on silhouettes and thin
-    objects, mip-filtered textures elsewhere) and pixel-centre depth and motion.
+    objects, mip-filtered textures elsewhere), pixel-centre depth and motion, and the region masks.
 
     Args:
         drive: the drive (``synth_scene.build_drive``).
@@ -178,21 +209,23 @@ def render_frame(drive: Drive, frame: int, options: WorldOptions, atlas: tx.Text
         options: image size (and intrinsics).
         atlas: textures of the world (``synth_textures.build_atlas(options.seed)``).
         grids: ``ray_grids(options)``, to reuse across frames.
+        cache: ``view_cache(drive, grids)``, to reuse the pixel-centre passes of neighbouring frames (the region
+            masks need the frames before and after); a fresh one when None.
     """
     grids = grids or ray_grids(options)
-    prims = drive.primitives(frame)
-    x, z, yaw = drive.ego[frame]
-    left = np.array([x, 0.0, z])
-    moving_of_id = np.concatenate([[False, False], prims.moving])  # ids -1 (sky), 0 (ground), k + 1
+    cache = cache or view_cache(drive, grids)
     outputs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for origin in (left, left + np.array([np.cos(yaw), 0.0, -np.sin(yaw)]) * BASELINE):  # right = camera +x
-        colour, centre = sr.render_camera(prims, yaw, origin, grids, atlas, MAX_DEPTH)
+    for view in cache.get(frame):  # left, then the right camera BASELINE metres along the camera's +x
+        moving_of_id = np.concatenate([[False, False], view.prims.moving])  # ids -1 (sky), 0 (ground), k + 1
+        colour, centre = sr.render_camera(view.prims, view.yaw, view.origin, grids, atlas, MAX_DEPTH,
+                                          centre=(view.hits, view.candidates))
         shape = colour.shape[:2]
         depth = np.where(centre.hit != sr.SKY, centre.t, 0.0).astype(np.float32).reshape(shape)
         image = np.floor(colour * 255.0 + 0.5).astype(np.uint8)
         outputs.append((image, depth, moving_of_id[centre.hit + 1].reshape(shape)))
     (left_img, depth_l, motion_l), (right_img, depth_r, motion_r) = outputs
-    return RenderedFrame(left_img, right_img, depth_l, depth_r, motion_l, motion_r)
+    regions_l, regions_r = sg.region_masks(drive, frame, cache, (left_img, right_img))
+    return RenderedFrame(left_img, right_img, depth_l, depth_r, motion_l, motion_r, regions_l, regions_r)
 
 
 def encode_depth(depth: np.ndarray) -> np.ndarray:
@@ -227,9 +260,14 @@ def encode_png(array: np.ndarray) -> bytes:
             + chunk(b"IDAT", zlib.compress(scanlines.tobytes(), PNG_COMPRESS_LEVEL)) + chunk(b"IEND", b""))
 
 
+def region_mask_file(region: str, camera: int) -> str:
+    """Relative path pattern (inside the drive folder, ``{}`` = 10-digit frame) of a region mask PNG."""
+    return f"{REGION_DIR}/{region}/image_0{camera}/{{}}.png"
+
+
 def _frame_files(rendered: RenderedFrame) -> dict[str, bytes]:
     """Relative path (inside the drive folder, ``{}`` = 10-digit frame) -> encoded file."""
-    return {
+    files = {
         "image_02/data/{}.png": encode_png(rendered.left),
         "image_03/data/{}.png": encode_png(rendered.right),
         "proj_depth/groundtruth/image_02/{}.png": encode_png(encode_depth(rendered.depth_left)),
@@ -237,6 +275,10 @@ def _frame_files(rendered: RenderedFrame) -> dict[str, bytes]:
         "motion_mask/image_02/{}.png": encode_png(rendered.motion_left.astype(np.uint8) * 255),
         "motion_mask/image_03/{}.png": encode_png(rendered.motion_right.astype(np.uint8) * 255),
     }
+    for camera, regions in ((2, rendered.regions_left), (3, rendered.regions_right)):
+        for name in REGION_NAMES:
+            files[region_mask_file(name, camera)] = encode_png(regions[name].astype(np.uint8) * 255)
+    return files
 
 
 def relative_poses(drive: Drive) -> np.ndarray:
@@ -363,8 +405,11 @@ def _render_chunk(root: str, options: WorldOptions, index: int, first: int, last
     drive = build_drive(options.seed, index, options.frames, view_distance=MAX_DEPTH)
     folder = Path(root) / DATE / drive_name(index)
     grids = ray_grids(options)
+    cache = view_cache(drive, grids)
     for k in range(first, last):
-        for pattern, data in _frame_files(render_frame(drive, k, options, atlas, grids)).items():
+        rendered = render_frame(drive, k, options, atlas, grids, cache)
+        cache.drop_before(k)  # frame k + 1 needs frames k .. k + 2
+        for pattern, data in _frame_files(rendered).items():
             path = folder / pattern.format(f"{k:010d}")
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
@@ -429,11 +474,85 @@ def _render_into(tmp: Path, options: WorldOptions, preview: bool, progress: bool
         "depth_scale": DEPTH_SCALE,
         "max_depth": MAX_DEPTH,
         "supersampling": SAMPLES,
-        "summary": {"frames": total, "files": files + 1, "bytes": size},
+        "regions": region_description(),
+        "summary": {"frames": total, "files": files + 1, "bytes": size,
+                    "test_regions": region_statistics(tmp, split_lines(options)["test"])},
     }
     (tmp / "world.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")  # written last
     files, size = _folder_size(tmp)
     return WorldSummary(tmp, options, total, files, size, time.perf_counter() - start)
+
+
+def region_description() -> dict[str, object]:
+    """world.json's ``regions`` entry: names, file layout and the constants that define the masks."""
+    return {
+        "names": list(REGION_NAMES),
+        "files": f"<drive>/{REGION_DIR}/<region>/image_02|image_03/<frame:010d>.png (8-bit, 255 = in the region)",
+        "occluded": "pixel with GT depth whose surface point (moved with its object) is hidden behind a nearer "
+                    "surface, or outside the image, in at least one temporal neighbour (+-1, same camera)",
+        "occlusion_tolerance": sg.OCCLUSION_TOLERANCE,
+        "comoving": "pixel of a moving car whose image motion to every temporal neighbour is below "
+                    "comoving_max_flow_px because it moves with the camera (its position relative to the camera "
+                    "changes by less than comoving_max_relative_speed_m_per_s / fps per frame)",
+        "comoving_max_flow_px": sg.COMOVING_MAX_FLOW,
+        "comoving_max_relative_speed_m_per_s": sg.COMOVING_MAX_SPEED,
+        "low_texture": "pixel with GT depth whose grey level (BT.601 luma / 255) has a std below "
+                       "texture_threshold in the texture_window x texture_window window around it",
+        "texture_window": sg.TEXTURE_WINDOW,
+        "texture_threshold": sg.TEXTURE_THRESHOLD,
+    }
+
+
+def region_statistics(root: Path, lines: list[str]) -> dict[str, object]:
+    """Pixels of each region on the split ``lines`` (``<folder> <frame> <side>``), counted inside the pixels the
+    evaluation scores (0 < GT < ``EVAL_MAX_DEPTH``), read back from the written files.
+
+    Returns:
+        ``{"images", "valid_pixels", <region>: {"pixels", "fraction", "images"}}`` (fraction of valid pixels;
+        images = images with at least one such pixel); deterministic (no timings).
+    """
+    valid_total, images = 0, 0
+    counts = {name: [0, 0] for name in REGION_NAMES}
+    for line in lines:
+        folder, frame, side = line.split()
+        camera = 2 if side == "l" else 3
+        drive = root / folder
+        name = f"{int(frame):010d}.png"
+        with Image.open(drive / "proj_depth" / "groundtruth" / f"image_0{camera}" / name) as img:
+            depth = np.asarray(img).astype(np.float64) / DEPTH_SCALE
+        valid = (depth > 0) & (depth < EVAL_MAX_DEPTH)
+        valid_total += int(valid.sum())
+        images += 1
+        for region in REGION_NAMES:
+            with Image.open(drive / region_mask_file(region, camera).format(name[:-4])) as img:
+                pixels = int(((np.asarray(img) > 0) & valid).sum())
+            counts[region][0] += pixels
+            counts[region][1] += int(pixels > 0)
+    out: dict[str, object] = {"images": images, "valid_pixels": valid_total}
+    for region, (pixels, with_region) in counts.items():
+        out[region] = {"pixels": pixels, "fraction": round(pixels / max(valid_total, 1), 6), "images": with_region}
+    return out
+
+
+def world_format(root: str | Path) -> int | None:
+    """The format version of a rendered world (``world.json`` ``format`` = ``md2bench-synth/<n>``), or None
+    where there is no readable world.json (e.g. a hand-made world in the same layout)."""
+    try:
+        fmt = json.loads((Path(root) / "world.json").read_text()).get("format", "")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(fmt, str) or not fmt.startswith("md2bench-synth/"):
+        return None
+    try:
+        return int(fmt.rsplit("/", 1)[1])
+    except ValueError:
+        return None
+
+
+def has_region_masks(root: str | Path) -> bool:
+    """Whether a rendered world has region masks (world format 2 or later)."""
+    version = world_format(root)
+    return version is not None and version >= 2
 
 
 def _is_complete(root: Path) -> bool:
@@ -531,6 +650,8 @@ def ensure_world(cfg: "Config", progress: bool = False) -> Path:
     """
     root = Path(cfg.data.path) if cfg.data.path else world_cache_path(cfg.data.synth_preset, cfg.data.synth_seed)
     if _is_complete(root):
+        if not cfg.data.path and not has_region_masks(root):
+            _rerender_outdated(root, make_options(cfg.data.synth_preset, seed=cfg.data.synth_seed), progress)
         return root
     if root.exists() and any(root.iterdir()):
         raise ValueError(f"{root} is not empty but has no world.json (not a complete synthetic world); delete it "
@@ -538,6 +659,35 @@ def ensure_world(cfg: "Config", progress: bool = False) -> Path:
     render_world(root, make_options(cfg.data.synth_preset, seed=cfg.data.synth_seed), progress=progress,
                  exist_ok=True)
     return root
+
+
+def _rerender_outdated(root: Path, options: WorldOptions, progress: bool) -> None:
+    """Replace a cached world of an older format (no region masks) by a fresh render of the same options.
+
+    The new world is rendered beside the old one and swapped in with two renames; a concurrent caller that
+    swapped first wins (its world is identical: same seed and options).
+    """
+    import warnings
+
+    warnings.warn(f"{root} is a synthetic world of an older format (no region masks); re-rendering it "
+                  f"(images, depth and motion masks stay byte-identical)", stacklevel=3)
+    fresh = root.parent / f".{root.name}.v2-{os.getpid()}"
+    old = root.parent / f".{root.name}.old-{os.getpid()}"
+    for leftover in (fresh, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    render_world(fresh, options, progress=progress)
+    try:
+        os.replace(root, old)
+    except OSError:
+        pass  # another process moved it first
+    try:
+        os.replace(fresh, root)
+    except OSError:
+        if not has_region_masks(root):
+            raise
+    shutil.rmtree(fresh, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------- preview
@@ -557,8 +707,12 @@ def colour_depth(depth: np.ndarray, near: float = 4.0, far: float = 80.0) -> np.
     return np.floor(rgb * 255 + 0.5).astype(np.uint8)
 
 
+REGION_COLOURS = {"occluded": (255, 60, 40), "comoving": (40, 220, 60), "low_texture": (60, 120, 255)}
+
+
 def write_preview(root: str | Path, options: WorldOptions, path: str | Path, rows: int = 4) -> Path:
-    """Contact sheet: one row per drive (its middle frame): RGB | coloured depth | RGB with moving cars in red."""
+    """Contact sheet: one row per drive (its middle frame): RGB | coloured depth | RGB with moving cars in red |
+    the region masks (occluded red, comoving green, low-texture blue, blended where they overlap)."""
     root = Path(root)
     tiles = []
     gap = np.full((options.height, 2, 3), 255, np.uint8)
@@ -570,7 +724,17 @@ def write_preview(root: str | Path, options: WorldOptions, path: str | Path, row
         mask = np.asarray(Image.open(folder / "motion_mask" / "image_02" / name)) > 0
         overlay = (rgb * 0.6).astype(np.uint8)
         overlay[mask] = (np.array([255, 40, 40]) * 0.7 + rgb[mask] * 0.3).astype(np.uint8)
-        tiles.append(np.concatenate([rgb, gap, colour_depth(depth / DEPTH_SCALE), gap, overlay], axis=1))
+        colour = np.zeros(rgb.shape, np.float64)
+        weight = np.zeros(rgb.shape[:2], np.float64)
+        for region, rgb_region in REGION_COLOURS.items():
+            with Image.open(folder / region_mask_file(region, 2).format(name[:-4])) as img:
+                inside = np.asarray(img) > 0
+            colour[inside] += rgb_region
+            weight += inside
+        regions = (rgb * 0.35).astype(np.uint8)
+        marked = weight > 0
+        regions[marked] = (colour[marked] / weight[marked, None] * 0.75 + rgb[marked] * 0.25).astype(np.uint8)
+        tiles.append(np.concatenate([rgb, gap, colour_depth(depth / DEPTH_SCALE), gap, overlay, gap, regions], axis=1))
         tiles.append(np.full((2, tiles[-1].shape[1], 3), 255, np.uint8))
     sheet = np.concatenate(tiles[:-1], axis=0)
     Path(path).write_bytes(encode_png(sheet))
@@ -580,7 +744,8 @@ def write_preview(root: str | Path, options: WorldOptions, path: str | Path, row
 # ------------------------------------------------------------------------------------------ benchmark
 def render_benchmark(preset: str = "default", frames: int = 10, seed: int = 0, height: int | None = None,
                      width: int | None = None, verbose: bool = True) -> float:
-    """Frames per second of rendering and PNG-encoding one drive (both cameras, depth and masks; no disk).
+    """Frames per second of rendering and PNG-encoding one drive (both cameras, depth, motion and region masks;
+    no disk).
 
     Args:
         preset: image size of this preset unless ``height``/``width`` are given.
@@ -596,10 +761,12 @@ def render_benchmark(preset: str = "default", frames: int = 10, seed: int = 0, h
     atlas = tx.build_atlas(seed)
     drive = build_drive(seed, 0, options.frames, view_distance=MAX_DEPTH)
     grids = ray_grids(options)
-    _frame_files(render_frame(drive, 0, options, atlas, grids))  # warm-up
+    cache = view_cache(drive, grids)
+    _frame_files(render_frame(drive, 0, options, atlas, grids, cache))  # warm-up
     start, cpu = time.perf_counter(), time.process_time()
     for k in range(1, frames + 1):
-        _frame_files(render_frame(drive, k, options, atlas, grids))
+        _frame_files(render_frame(drive, k, options, atlas, grids, cache))
+        cache.drop_before(k)
     fps = frames / max(time.perf_counter() - start, 1e-9)
     cpu_fps = frames / max(time.process_time() - cpu, 1e-9)
     if verbose:
