@@ -63,6 +63,13 @@ class ModelConfig:
             camera motion of the synthetic world is used instead and no pose network is trained (a diagnostic
             and a fast CPU setting, shown in the report's flags). GT translations are converted to the network's
             units, in which the stereo baseline is 0.1 (metres × 0.1 / 0.54), so M, S and MS share one scale.
+        init_depth: ``0`` (the reference): the disparity heads start with PyTorch's default bias, so an untrained
+            network predicts sigmoid ~0.5, i.e. depth ~``2 * min_depth`` (0.2 units = 1.1 m with the defaults).
+            ``> 0``: their biases start so that the untrained network predicts about this depth (network units).
+            With a learned pose net the scale is free and the default is harmless; with a known scale (the
+            world's exact poses, ``pose_source = "gt"``) and no pretraining, 1.1 m makes every forward-moving
+            pixel leave the source image and the loss is flat: from scratch at 1e-4 the model stays at the
+            constant-depth floor (README, "Results").
     """
 
     num_layers: int = 18
@@ -74,6 +81,7 @@ class ModelConfig:
     max_depth: float = 100.0
     scales: tuple[int, ...] = (0, 1, 2, 3)
     pose_source: str = "net"
+    init_depth: float = 0.0
 
     def __post_init__(self) -> None:
         _choice("model", "num_layers", self.num_layers, (18, 50))
@@ -87,6 +95,9 @@ class ModelConfig:
             raise ConfigError(f"model.scales must be an increasing subset of (0, 1, 2, 3) with 0, got {self.scales}")
         if self.scales[0] != 0:
             raise ConfigError(f"model.scales must start with 0, got {self.scales}")
+        if not (self.init_depth == 0 or self.min_depth < self.init_depth < self.max_depth) or math.isnan(self.init_depth):
+            raise ConfigError(f"model.init_depth must be 0 (the reference initialisation) or between model.min_depth "
+                              f"and model.max_depth ({self.min_depth}, {self.max_depth}), got {self.init_depth}")
 
 
 @dataclass(frozen=True)
@@ -276,7 +287,7 @@ NON_SEMANTIC = frozenset(
 # Fields added after run keys were first handed out, with the value they had implicitly before: a field at
 # that value is left out of ``run_key``, so finished runs keep their keys (and are still skipped) when an
 # option is added; any other value is part of the key.
-KEY_DEFAULTS = {"train.cpu_amp": False, "model.pose_source": "net"}
+KEY_DEFAULTS = {"train.cpu_amp": False, "model.pose_source": "net", "model.init_depth": 0.0}
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,7 @@ FLAG_KEYS: tuple[str, ...] = (
     "small_res",  # 416×128 input
     "high_res",  # 1024×320 input
     "resnet50",  # ResNet-50 encoder
+    "gt_pose",  # the world's exact camera poses in place of the pose network (synthetic only)
 )
 # The seven depth metrics a row's ``paper`` table may give (names as in ``md2bench.metrics``).
 METRICS: tuple[str, ...] = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
@@ -163,6 +164,7 @@ class RunSpec:
         seed: ``train.seed`` of this run (``md2bench.seed`` tag).
         config: the full config of this run.
         run_key: ``config.run_key``; the run folder is ``<train.out_dir>/<run_key>/``.
+        flags: the row's table flags (``md2bench.flag.<key>`` tags and ``flag.<key>`` params of the run).
     """
 
     grid: str
@@ -171,6 +173,7 @@ class RunSpec:
     seed: int
     config: Config
     run_key: str
+    flags: Mapping[str, bool] = field(default_factory=dict)
 
     @property
     def run_name(self) -> str:
@@ -290,7 +293,7 @@ class Grid:
                 if wanted is not None and row.name not in wanted:
                     continue
                 cfg = self.config_for(row, seed)
-                specs.append(RunSpec(self.name, row.name, row.label, seed, cfg, cfg.run_key))
+                specs.append(RunSpec(self.name, row.name, row.label, seed, cfg, cfg.run_key, dict(row.flags)))
         return specs
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Grid":

@@ -51,6 +51,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO
 
 from md2bench.config import Config
 from md2bench.grid import Grid, RunSpec
+from md2bench.tracking import FLAG_TAG
 from md2bench.tracking import END_INTERRUPTED, RUN_KEY_TAG, Claim, Heartbeat, MLflowTracker, git_commit, resolve_uri
 
 # Trainer exit codes (md2bench.trainer).
@@ -330,6 +331,8 @@ def run_tags(spec: RunSpec) -> dict[str, str]:
         "md2bench.label": spec.label,
         "md2bench.grid": spec.grid,
         "md2bench.seed": str(spec.seed),
+        # the report's ✓/✗ columns, so that MLflow's compare view can colour and filter by them
+        **{f"{FLAG_TAG}{key}": str(bool(value)).lower() for key, value in spec.flags.items()},
     }
 
 

@@ -51,6 +51,7 @@ FLAG_LABELS: Mapping[str, str] = {
     "small_res": "416×128",
     "high_res": "1024×320",
     "resnet50": "R50",
+    "gt_pose": "GT pose",
 }
 FLAG_DESCRIPTIONS: Mapping[str, str] = {
     "automask": "auto-masking",
@@ -65,6 +66,7 @@ FLAG_DESCRIPTIONS: Mapping[str, str] = {
     "small_res": "416×128",
     "high_res": "1024×320",
     "resnet50": "ResNet-50",
+    "gt_pose": "ground-truth poses in place of the pose network",
 }
 # Moving-object / static-pixel metrics shown in the synthetic world's second table.
 MOTION_METRICS: tuple[str, ...] = ("abs_rel", "rmse", "a1")
@@ -890,11 +892,23 @@ def provenance(tracker: MLflowTracker, experiment: str, grid: Any, runs: pd.Data
         "devices": counts("device"),
         "data": counts("dataset") + "; split: " + counts("split"),
         "runs": f"{len(selected)} finished runs used (newest per row and seed) of {len(runs)} training runs",
+        "wall time": _wall_time(selected),
         "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC") + f" by md2bench {__version__}",
     }
     if grid is not None and grid.paper_table:
         info["paper numbers"] = grid.paper_table
     return info
+
+
+def _wall_time(selected: pd.DataFrame) -> str:
+    """How long the runs took: first start to last end, and the sum of the runs' own durations."""
+    if selected.empty or "start_time" not in selected or selected["start_time"].isna().all():
+        return "unknown"
+    span = (selected["end_time"].max() - selected["start_time"].min()).total_seconds()
+    total = float(selected["duration_s"].sum())
+    return (f"{span / 60:.1f} min from the first run's start to the last run's end "
+            f"({selected['start_time'].min():%Y-%m-%d %H:%M} – {selected['end_time'].max():%H:%M} UTC); "
+            f"{total / 60:.1f} min of run time in all, {total / max(1, len(selected)) / 60:.1f} min per run")
 
 
 def _readme(title: str, description: str, info: Mapping[str, str], table_md: str, motion_md: str | None,
@@ -909,7 +923,7 @@ def _readme(title: str, description: str, info: Mapping[str, str], table_md: str
     lines += ["## Ablation", "",
               "Mean ± sample std over seeds (n = number of seeds); best mean per column in **bold**; "
               "flags: " + ", ".join(f"{v} = {FLAG_DESCRIPTIONS[k]}" for k, v in FLAG_LABELS.items()
-                                    if k in {"automask", "min_reprojection", "full_res", "pretrained"}) + ".",
+                                    if k in {"automask", "min_reprojection", "full_res", "pretrained", "gt_pose"}) + ".",
               "", table_md]
     if regions_md:
         lines += ["## Errors per region", "", REGIONS_TEXT, "", regions_md]

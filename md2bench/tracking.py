@@ -57,6 +57,10 @@ STALE_AFTER_S = 180.0  # a claim from another machine is stale when its heartbea
 RUN_KEY_TAG = TAG + "run_key"
 HEARTBEAT_TAG = TAG + "heartbeat"  # unix time of the owner's last heartbeat
 OWNER_HOST_TAG = TAG + "owner.host"
+# MLflow 3's UI opens an experiment with this tag as model training (runs table with params and metrics), not as
+# a GenAI app (traces overview).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+FLAG_TAG = TAG + "flag."  # md2bench.flag.<key> = true|false: a grid row's table flags (md2bench.grid.FLAG_KEYS)
 OWNER_BOOT_TAG = TAG + "owner.boot"  # the machine's boot id: pids of an earlier boot are gone
 OWNER_PID_TAG = TAG + "owner.pid"
 OWNER_START_TAG = TAG + "owner.start"  # the process start time (clock ticks since boot): pid reuse shows
@@ -498,7 +502,8 @@ class MLflowTracker:
         if not create:
             return None
         try:
-            return self.client.create_experiment(name, artifact_location=_artifact_root(self.uri))
+            return self.client.create_experiment(name, artifact_location=_artifact_root(self.uri),
+                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except Exception:  # another process created it between our read and write
             exp = self.client.get_experiment_by_name(name)
             if exp is None:

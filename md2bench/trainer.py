@@ -1276,7 +1276,7 @@ def _claim_tracked_run(
         fresh_tags = {**run_tags, **({"md2bench.resumed_from": resumed_from} if resumed_from else {})}
         run = tracker.start_run(experiment, run_name=run_name or cfg.name, tags=fresh_tags,
                                 parent_run_id=parent_run_id)
-        run.log_params(cfg.flat())
+        run.log_params({**cfg.flat(), **flag_params(run_tags)})
         return run
 
     try:
@@ -1287,8 +1287,16 @@ def _claim_tracked_run(
     if run is not None and run.run_id == adopt_run_id:
         run.set_tags(run_tags)
         if not tracker.get_run(run.run_id).data.params:  # killed between creating the run and logging its params
-            run.log_params(cfg.flat())
+            run.log_params({**cfg.flat(), **flag_params(run_tags)})
     return run, finished_id
+
+
+def flag_params(tags: Mapping[str, str]) -> dict[str, str]:
+    """A grid row's table flags, passed as ``md2bench.flag.<key>`` tags, as ``flag.<key>`` params too (the MLflow
+    compare view and parallel-coordinates plot offer params, not tags)."""
+    from md2bench.tracking import FLAG_TAG
+
+    return {f"flag.{k[len(FLAG_TAG):]}": v for k, v in tags.items() if k.startswith(FLAG_TAG)}
 
 
 def _finished_elsewhere(tracker: Any, run_id: str | None, run_dir: Path, logger: logging.Logger) -> RunResult:

@@ -404,3 +404,42 @@ def test_build_models_missing_weights_raises(monkeypatch: pytest.MonkeyPatch, tm
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(WeightsNotFoundError, match="resnet18-f37072fd.pth"):
         build_models(_cfg(pretrained="imagenet"))
+
+
+def test_init_depth_starts_the_untrained_network_at_that_depth() -> None:
+    """model.init_depth shifts the disparity heads' bias by logit(sigma*), sigma* = (1/d - 1/max) / (1/min - 1/max):
+    at 0.1..100, d = 2 gives sigma* = (0.5 - 0.01) / 9.99 = 0.04905; the untrained network's depth is then about 2
+    where the reference initialisation gives about 2 * min_depth = 0.2 (sigmoid ~0.5)."""
+    from md2bench.config import ConfigError
+    from md2bench.geometry import disp_to_depth
+
+    x = torch.rand(2, 3, 64, 192, generator=torch.Generator().manual_seed(0))
+    medians = {}
+    for init_depth in (0.0, 2.0):
+        torch.manual_seed(0)
+        cfg = Config(model=ModelConfig(pretrained="scratch", init_depth=init_depth), data=DataConfig(height=64, width=192))
+        models = build_models(cfg)
+        with torch.no_grad():
+            outputs = models["depth"](models["encoder"](x))
+        medians[init_depth] = {s: disp_to_depth(v, 0.1, 100.0)[1].median().item() for s, v in outputs.items()}
+    for s in (0, 1, 2, 3):
+        assert 0.15 < medians[0.0][s] < 0.3  # sigmoid ~0.5: 1 / (0.01 + 9.99 * 0.5) = 0.2
+        assert 1.6 < medians[2.0][s] < 2.5
+    # the same seed gives the same weights apart from the heads' bias shift of logit(0.049049) = ln(0.049049 / 0.950951) = -2.9646
+    torch.manual_seed(0)
+    ref = build_models(Config(model=ModelConfig(pretrained="scratch"), data=DataConfig(height=64, width=192)))
+    torch.manual_seed(0)
+    shifted = build_models(Config(model=ModelConfig(pretrained="scratch", init_depth=2.0),
+                                  data=DataConfig(height=64, width=192)))
+    for name, p in ref.named_parameters():
+        q = dict(shifted.named_parameters())[name]
+        if name.startswith("depth.outconvs.") and name.endswith(".bias"):
+            torch.testing.assert_close(q - p, torch.full_like(p, -2.9646), atol=1e-4, rtol=0)
+        else:
+            assert torch.equal(p, q), name
+    # the default keeps existing run keys; a bad value is a config error
+    assert Config().run_key == Config(model=ModelConfig(init_depth=0.0)).run_key
+    assert Config().run_key != Config(model=ModelConfig(init_depth=2.0)).run_key
+    for bad in (0.05, 200.0, -1.0, float("nan")):
+        with pytest.raises(ConfigError, match="init_depth"):
+            ModelConfig(init_depth=bad)

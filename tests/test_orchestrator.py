@@ -229,6 +229,8 @@ def test_smoke_grid_finishes_nested_under_one_parent(smoke_dir: Path) -> None:
     parents = _parents(tracker, "smoke")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert parents[0].data.tags["md2bench.grid"] == "smoke"
+    # MLflow 3 opens the experiment as model training (runs table), not as a GenAI app
+    assert tracker.client.get_experiment_by_name("smoke").tags["mlflow.experimentKind"] == "custom_model_development"
     runs = _child_runs(tracker, "smoke")
     assert len(runs) == len(grid.expand()) == 2
     by_key = {r.data.tags["md2bench.run_key"]: r for r in runs}
@@ -238,6 +240,12 @@ def test_smoke_grid_finishes_nested_under_one_parent(smoke_dir: Path) -> None:
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert (run.data.tags["md2bench.row"], run.data.tags["md2bench.grid"], run.data.tags["md2bench.seed"]) == (
             spec.row, "smoke", "0")
+        # the row's table flags as tags and params, for MLflow's compare view (smoke.toml: baseline all false)
+        row = next(r for r in grid.rows if r.name == spec.row)
+        assert row.flags and spec.flags == row.flags
+        for key, value in row.flags.items():
+            assert run.data.tags[f"md2bench.flag.{key}"] == str(value).lower()
+            assert run.data.params[f"flag.{key}"] == str(value).lower()
         assert "test/abs_rel" in run.data.metrics
         done = json.loads((smoke_dir / spec.run_dir / "DONE").read_text())
         assert done["run_id"] == run.info.run_id and done["steps"] == spec.config.train.max_steps

@@ -207,6 +207,11 @@ def test_short_training_learns_and_is_tracked(worlds: dict[str, Path], tmp_path:
     assert after["val/loss/photometric/s0"] < before["val/loss/photometric/s0"]
     assert after["val/abs_rel"] < before["val/abs_rel"]
     assert result.test_metrics["test/abs_rel"] < test_before
+    # The learned pose net against the world's exact poses (validation's pose diagnostics): the direction of the
+    # predicted camera motion moves towards the truth (measured: cosine -0.28 untrained -> 0.11 after 45 steps).
+    for k in ("val/pose/t_cos", "val/pose/rot_deg", "val/pose/ate"):
+        assert math.isfinite(before[k]) and math.isfinite(after[k]), k
+    assert -1.0 <= before["val/pose/t_cos"] < after["val/pose/t_cos"] <= 1.0
 
     # The run folder.
     run_dir = tmp_path / cfg.run_key

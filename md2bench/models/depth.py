@@ -8,6 +8,7 @@ requested scale s a reflection-padded 3×3 conv to ``num_output_channels`` plus 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -96,3 +97,12 @@ class DepthDecoder(nn.Module):
             if i in self.scales:
                 outputs[i] = torch.sigmoid(self.outconvs[str(i)](x))
         return {s: outputs[s] for s in self.scales}
+
+    def init_output(self, value: float) -> None:
+        """Shift every output head's bias by ``logit(value)``, so that the untrained decoder outputs about
+        ``value`` in (0, 1) instead of about 0.5 (the weights keep PyTorch's default initialisation)."""
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"the output must start inside (0, 1), got {value}")
+        with torch.no_grad():
+            for conv in self.outconvs.values():
+                conv[-1].bias.add_(math.log(value / (1.0 - value)))

@@ -168,6 +168,9 @@ def build_models(cfg: Config) -> nn.ModuleDict:
     models["encoder"] = ResnetEncoder(m.num_layers, num_input_images=1, imagenet_state=imagenet_state)
     num_ch_enc = models["encoder"].num_ch_enc
     models["depth"] = DepthDecoder(num_ch_enc, scales=m.scales, num_output_channels=1)
+    if m.init_depth > 0:  # sigmoid value whose disparity is 1 / init_depth (md2bench.geometry.disp_to_depth)
+        min_disp, max_disp = 1.0 / m.max_depth, 1.0 / m.min_depth
+        models["depth"].init_output((1.0 / m.init_depth - min_disp) / (max_disp - min_disp))
     if cfg.needs_pose_net:
         n = num_pose_frames(cfg)
         if m.pose_net == "separate":
