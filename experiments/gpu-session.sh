@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# One lent-GPU session, as run for the figures in README.md and reports/synth-ablation/:
-# the throughput benchmark (paper and synthetic presets, 1/2/4 runs packed on the GPU, the loader at 640x192)
-# and as much of the synthetic ablation grid as the time allows, then its report.
+# One lent-GPU session: the throughput benchmark and as much of the synthetic ablation grid as the time allows, then
+# its report in reports/synth-ablation/ (paper and synthetic presets, 1/2/4 runs packed on the GPU, the loader at 640x192).
 # Usage (device tool, repo root, with MLflow wheels for the device's Python carried in .whl/):
 #   bash experiments/gpu-session.sh GRID_SECONDS
 set -u

@@ -145,3 +145,41 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> 
     models.to(device)
     models.eval()
     return cfg, models
+
+
+def init_from_checkpoint(models: torch.nn.ModuleDict, path: str | Path) -> list[str]:
+    """Copy the weights of every network in ``models`` that the checkpoint at ``path`` also holds (a warm start).
+
+    Args:
+        models: the freshly built networks (``md2bench.models.build_models``).
+        path: a training checkpoint (``checkpoint.pt``) or a weights-only one (``last.pt``).
+
+    Returns:
+        The names of the networks that were initialised (the others keep their initialisation).
+
+    Raises:
+        CheckpointError: the file is not a checkpoint, holds none of these networks, or holds one with other
+            shapes (a different ResNet depth, pose input or number of frames): the message names it.
+    """
+    state = load_checkpoint(path, map_location="cpu")
+    stored = state.get("models")
+    if not isinstance(stored, Mapping):
+        raise CheckpointError(f"{path} has no 'models' entry (model state dicts)")
+    loaded: list[str] = []
+    for name, module in models.items():
+        prefix = name + "."
+        sub = {k[len(prefix):]: v for k, v in stored.items() if k.startswith(prefix)}
+        if not sub:
+            continue
+        own = module.state_dict()
+        wrong = [k for k in own if k not in sub or tuple(sub[k].shape) != tuple(own[k].shape)]
+        if wrong:
+            raise CheckpointError(f"model.init_from = {path}: its {name!r} network does not match this run's "
+                                  f"({wrong[0]} differs: {len(wrong)} tensors); use a checkpoint trained with the same "
+                                  "model settings (num_layers, pose_net, pose_input, frames)")
+        module.load_state_dict(sub, strict=True)
+        loaded.append(name)
+    if not loaded:
+        raise CheckpointError(f"model.init_from = {path}: it holds none of this run's networks "
+                              f"({', '.join(models.keys())})")
+    return loaded

@@ -11,7 +11,7 @@ Examples:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence
 
 import typer
 
@@ -397,7 +397,20 @@ def run_ablation_cmd(
         raise
     except Exception as exc:
         _fail_on(exc, debug, 1, tracking_uri)
+    if not dry_run and backend == "local":
+        typer.echo(next_steps(grid, tracking_uri))
     raise typer.Exit(0 if dry_run else result.exit_code)
+
+
+def next_steps(grid: Any, tracking_uri: str | None) -> str:
+    """What to run after a grid (printed whether it finished or was interrupted: the report uses what finished)."""
+    from md2bench.tracking import resolve_uri
+
+    uri = resolve_uri(tracking_uri)
+    store = "" if tracking_uri is None else f" --tracking-uri {uri}"
+    target = str(grid.path) if grid.path is not None and grid.path.parent.name != "experiments" else grid.name
+    return (f"next:\n  md2bench report {target} --out reports/{grid.name}{store}   # the table (finished runs so far)\n"
+            f"  mlflow ui --backend-store-uri {uri}   # browse the runs")
 
 
 # ------------------------------------------------------------------------------------------- report / tune

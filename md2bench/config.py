@@ -70,6 +70,10 @@ class ModelConfig:
             world's exact poses, ``pose_source = "gt"``) and no pretraining, 1.1 m makes every forward-moving
             pixel leave the source image and the loss is flat: from scratch at 1e-4 the model stays at the
             constant-depth floor (README, "Results").
+        init_from: ``""`` (default): the networks start from ``pretrained``/``init_depth``. A checkpoint path
+            (``checkpoint.pt`` or ``checkpoints/last.pt`` of an earlier run): every network of this run that the
+            checkpoint also holds, with the same shapes, starts from its weights (e.g. a monocular run warm-started
+            from an MS run: depth and pose nets; README, "Results"). Optimiser state and step count start fresh.
     """
 
     num_layers: int = 18
@@ -82,6 +86,7 @@ class ModelConfig:
     scales: tuple[int, ...] = (0, 1, 2, 3)
     pose_source: str = "net"
     init_depth: float = 0.0
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         _choice("model", "num_layers", self.num_layers, (18, 50))
@@ -287,7 +292,7 @@ NON_SEMANTIC = frozenset(
 # Fields added after run keys were first handed out, with the value they had implicitly before: a field at
 # that value is left out of ``run_key``, so finished runs keep their keys (and are still skipped) when an
 # option is added; any other value is part of the key.
-KEY_DEFAULTS = {"train.cpu_amp": False, "model.pose_source": "net", "model.init_depth": 0.0}
+KEY_DEFAULTS = {"train.cpu_amp": False, "model.pose_source": "net", "model.init_depth": 0.0, "model.init_from": ""}
 
 
 @dataclass(frozen=True)

@@ -49,10 +49,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO
 
+import numpy as np
+
 from md2bench.config import Config
 from md2bench.grid import Grid, RunSpec
-from md2bench.tracking import FLAG_TAG
-from md2bench.tracking import END_INTERRUPTED, RUN_KEY_TAG, Claim, Heartbeat, MLflowTracker, git_commit, resolve_uri
+from md2bench.tracking import (END_INTERRUPTED, FLAG_TAG, RUN_KEY_TAG, Claim, Heartbeat, MLflowTracker, git_commit,
+                               resolve_uri)
 
 # Trainer exit codes (md2bench.trainer).
 EXIT_OK = 0
@@ -447,8 +449,86 @@ def train_size(cfg: Config) -> int | None:
     return None
 
 
-def estimate_seconds(specs: Sequence[RunSpec], slots: Sequence[Slot]) -> tuple[float, float]:
-    """Rough wall time of a grid on ``slots``: (total images, seconds). See ``ROUGH_IMAGES_PER_S``; ±2× at best."""
+# What a run's end-to-end speed depends on (besides the machine): the measured-rate lookup matches on these.
+RATE_PARAMS = ("data.height", "data.width", "train.batch_size", "model.num_layers", "data.mode", "model.pose_net",
+               "model.pose_source", "train.cpu_amp", "train.amp")
+_PARAM_DEFAULTS = {"model.pose_source": "net", "train.cpu_amp": "False"}  # runs logged before these existed
+
+
+def rate_key(params: Mapping[str, Any], device: str) -> tuple[str, ...]:
+    """The lookup key of a run's speed: its device tag and the ``RATE_PARAMS`` as logged (strings)."""
+    return (device, *(str(params.get(k, _PARAM_DEFAULTS.get(k, ""))) for k in RATE_PARAMS))
+
+
+def spec_rate_key(cfg: Config, device: str) -> tuple[str, ...]:
+    flat = cfg.flat()
+    return rate_key({k: flat[k] for k in RATE_PARAMS}, device)
+
+
+def this_device_tag(kind: str) -> str:
+    """The ``md2bench.device`` tag a run started here would carry on ``kind`` (``cpu`` or ``cuda``, GPU 0)."""
+    import torch
+
+    from md2bench.trainer import _device_tag
+
+    return _device_tag(torch.device("cuda:0" if kind == "cuda" else "cpu"))
+
+
+def measured_rates(tracker: MLflowTracker | None) -> dict[tuple[str, ...], tuple[float, int]]:
+    """End-to-end images/s of the finished runs in the store, by ``rate_key``: (median, number of runs).
+
+    A run's rate is its training images (``train.max_steps`` × ``train.batch_size``) over its MLflow wall time
+    (start-up, validation, checkpoints and the final evaluation included), measured with whatever else shared the
+    device at the time (e.g. the other runs of a grid). Runs without a step budget are not used.
+    """
+    if tracker is None:
+        return {}
+    by_key: dict[tuple[str, ...], list[float]] = {}
+    try:
+        runs = tracker.find_runs(None, statuses=["FINISHED"])
+    except Exception:  # an estimate must never stop a grid
+        return {}
+    for run in runs:
+        params, info = run.data.params, run.info
+        device = run.data.tags.get("md2bench.device", "")
+        try:
+            images = int(params["train.max_steps"]) * int(params["train.batch_size"])
+            seconds = (info.end_time - info.start_time) / 1000.0
+        except (KeyError, TypeError, ValueError):
+            continue
+        if images <= 0 or seconds <= 0 or not device:
+            continue
+        by_key.setdefault(rate_key(params, device), []).append(images / seconds)
+    return {k: (float(np.median(v)), len(v)) for k, v in by_key.items()}
+
+
+def estimate_seconds(specs: Sequence[RunSpec], slots: Sequence[Slot],
+                     rates: Mapping[tuple[str, ...], tuple[float, int]] | None = None,
+                     device: str = "") -> tuple[float, float]:
+    """Wall time of a grid on ``slots``: (total images, seconds).
+
+    A run whose shape has a measured end-to-end rate on this device (``measured_rates``; ``device`` is this
+    machine's tag) counts ``images / rate`` seconds, start-up and evaluation included, and the slots share the runs
+    evenly: ``sum / len(slots)`` (the rates were measured with the device shared the same way, e.g. a grid's
+    parallel runs). Other runs use ``ROUGH_IMAGES_PER_S`` (±2× at best) plus ``STARTUP_S`` per wave.
+    """
+    if not specs or not slots:
+        return 0.0, 0.0
+    measured = [s for s in specs if rates and spec_rate_key(s.config, device) in rates]
+    rest = [s for s in specs if s not in measured]
+    measured_s = 0.0
+    for spec in measured:
+        cfg = spec.config
+        images = (total_steps(cfg, train_size(cfg)) or 0) * cfg.train.batch_size
+        measured_s += images / rates[spec_rate_key(cfg, device)][0]  # type: ignore[index]
+    measured_images = sum((total_steps(s.config, train_size(s.config)) or 0) * s.config.train.batch_size
+                          for s in measured)
+    rest_images, rest_s = _rough_seconds(rest, slots)
+    return measured_images + rest_images, measured_s / len(slots) + rest_s
+
+
+def _rough_seconds(specs: Sequence[RunSpec], slots: Sequence[Slot]) -> tuple[float, float]:
+    """The constant-rate estimate (``ROUGH_IMAGES_PER_S``): (images, seconds)."""
     if not specs or not slots:
         return 0.0, 0.0
     kind = "cuda" if slots[0].gpu is not None else "cpu"
@@ -682,17 +762,18 @@ def run_grid(
     items = plan(specs, tracker, grid.name)
     todo = [i for i in items if i.action in ("train", "resume")]
     slots = detect_slots(gpus, runs_per_gpu, cpu_jobs, [i.spec for i in todo], measure=bool(todo))
-    parent = tracker.start_run(
-        experiment=grid.name,
-        run_name=f"{grid.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
-        tags={
-            "md2bench.grid": grid.name,
-            "md2bench.kind": "grid",
-            "md2bench.commit": git_commit(),
-            "md2bench.backend": "local",
-        },
-    )
-    parent.claim_tags()
+    tags = {"md2bench.grid": grid.name, "md2bench.kind": "grid", "md2bench.commit": git_commit(),
+            "md2bench.backend": "local"}
+    with tracker.store_lock():  # two orchestrators starting at once must not both continue the same parent
+        previous = _unfinished_parent(tracker, grid.name)
+        if previous is not None:  # an interrupted grid: continue its parent run (its resumed children are in it)
+            parent = tracker.resume_run(previous)
+            parent.set_tags(tags)
+            out.write(f"continuing the grid's unfinished MLflow parent run {previous}\n")
+        else:
+            parent = tracker.start_run(experiment=grid.name,
+                                       run_name=f"{grid.name} {time.strftime('%Y-%m-%d %H:%M:%S')}", tags=tags)
+        parent.claim_tags()
     heartbeat = Heartbeat(parent).start()
     try:
         return _run_parent(grid, specs, items, slots, parent, tracker, uri, out, seeds=seeds, retries=retries,
@@ -704,6 +785,18 @@ def run_grid(
         raise
     finally:
         heartbeat.stop()
+
+
+def _unfinished_parent(tracker: MLflowTracker, grid_name: str) -> str | None:
+    """The newest local parent run of the grid when it did not finish (KILLED by Ctrl-C, FAILED, or RUNNING
+    with its orchestrator gone: ``reap_stale_runs`` has marked those KILLED); None otherwise (a finished grid, or
+    one whose parent is still RUNNING under a live orchestrator)."""
+    parents = tracker.find_runs(grid_name, tags={"md2bench.kind": "grid"})
+    parents = [p for p in parents if p.data.tags.get("md2bench.backend", "local") == "local"]
+    if not parents:
+        return None
+    newest = max(parents, key=lambda r: r.info.start_time or 0)
+    return newest.info.run_id if newest.info.status in ("KILLED", "FAILED") else None
 
 
 def _run_parent(
@@ -754,6 +847,8 @@ def _run_parent(
         f"grid {grid.name}: {len(specs)} runs, {len(queue)} to train, {len(specs) - len(queue)} skipped or busy; "
         f"slots: {', '.join(s.label for s in slots)}; MLflow parent run {parent.run_id} at {uri}"
     )
+    if queue:
+        display.event(estimate_line([o.spec for o in queue], slots, tracker))
 
     threads = max(1, (os.cpu_count() or 1) // max(1, len(slots)))
     flag = _StopFlag()
@@ -1032,20 +1127,39 @@ def _dry_run(
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         out.write("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() + "\n")
-    images, seconds = estimate_seconds(todo, slots)
     actions = {a: sum(1 for i in items if i.action == a) for a in ("train", "resume", "skip", "busy")}
     out.write(f"{actions['train']} to train, {actions['resume']} to resume, {actions['skip']} to skip"
               + (f", {actions['busy']} busy elsewhere" if actions["busy"] else "") + "\n")
-    out.write(
-        f"estimate (rough, ±2× at best): {images:,.0f} training images; about {_fmt_duration(seconds)} on "
-        f"{len(slots)} slot(s), assuming ~{ROUGH_IMAGES_PER_S['cuda' if slots and slots[0].gpu else 'cpu']:.0f} "
-        f"images/s per device at 640×192 (scaled by pixels^-0.75) and {STARTUP_S:.0f}s startup+evaluation per run; "
-        f"resumed runs are counted in full; measure with `md2bench bench`\n"
-    )
+    out.write(estimate_line(todo, slots, tracker) + "\n")
     out.flush()
     states = {"skip": SKIPPED, "busy": BUSY}
     outcomes = [RunOutcome(i.spec, states.get(i.action, "queued"), message=i.reason) for i in items]
     return GridResult(grid.name, None, outcomes)
+
+
+def estimate_line(todo: Sequence[RunSpec], slots: Sequence[Slot], tracker: MLflowTracker | None) -> str:
+    """One line: the grid's estimated wall time on this machine, saying how much of it was measured."""
+    if not todo or not slots:
+        return "estimate: nothing to train"
+    kind = "cuda" if slots[0].gpu is not None else "cpu"
+    device = this_device_tag(kind)
+    rates = measured_rates(tracker)
+    images, seconds = estimate_seconds(todo, slots, rates, device)
+    hits = [rates[spec_rate_key(s.config, device)] for s in todo if spec_rate_key(s.config, device) in rates]
+    head = (f"estimate: about {_fmt_duration(seconds)} of wall time on {len(slots)} slot(s) "
+            f"({seconds * len(slots) / 3600:.1f} slot-hours; {images:,.0f} training images); ")
+    if len(hits) == len(todo):
+        rate = float(np.median([r for r, _ in hits]))
+        return head + (f"measured: every run's shape has finished runs on this device ({device}) in the store, "
+                       f"median {rate:.1f} images/s per run end to end (start-up and evaluation included); resumed "
+                       "runs are counted in full")
+    rough = (f"~{ROUGH_IMAGES_PER_S[kind]:.0f} images/s per device at 640×192 (scaled by pixels^-0.75) and "
+             f"{STARTUP_S:.0f}s start-up + evaluation per run")
+    if hits:
+        return head + (f"{len(hits)} of {len(todo)} runs from measured rates on this device, the rest rough "
+                       f"({rough}); ±2× at best")
+    return head + (f"rough (no finished run of this shape on this device ({device}) in the store yet): {rough}; "
+                   "±2× at best; the estimate becomes a measurement once one run has finished")
 
 
 def _existing_store(uri: str) -> MLflowTracker | None:

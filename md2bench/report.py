@@ -510,13 +510,16 @@ def to_html(
     title: str, provenance: Mapping[str, str], summary: pd.DataFrame, motion: pd.DataFrame | None,
     figures: Sequence[Path], paper_ref: str | None = None, notes: Sequence[str] = (), *,
     floors: pd.DataFrame | None = None, regions: pd.DataFrame | None = None, verdicts: Sequence[Any] = (),
-    headline: Sequence[str] = (),
+    headline: Sequence[str] = (), description: str = "",
 ) -> str:
-    """A self-contained HTML page: provenance, the summary in words, the tables (floors as reference rows), the
-    findings, and every PNG figure inlined as base64."""
+    """A self-contained HTML page: the grid's description, provenance, the summary in words, the tables (floors as
+    reference rows), the findings, and every PNG figure inlined as base64."""
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
-             f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>", "<ul>"]
+             f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>"]
+    if description.strip():
+        parts.append(f"<p class='description'>{esc(' '.join(description.split()))}</p>")
+    parts.append("<ul>")
     parts += [f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in provenance.items()]
     parts.append("</ul>")
     if headline:
@@ -731,7 +734,8 @@ def plot_metric_bars(selected: pd.DataFrame, rows: Sequence[ReportRow], out_dir:
             ax.set_title(f"{METRIC_LABELS[m]} {arrow}")
             ax.set_xlabel("")
             ax.set_ylabel("")
-            ax.tick_params(axis="x", labelrotation=60, labelsize=7)
+            ax.set_xticks(range(len(order)))
+            ax.set_xticklabels([r.label for r in rows], rotation=60, ha="right", fontsize=7)
         for ax in axes[len(metrics):]:
             ax.set_axis_off()
         if any(r.paper for r in rows) or floors:
@@ -748,26 +752,34 @@ def val_histories(tracker: MLflowTracker, selected: pd.DataFrame, key: str = "va
         epoch_at = dict(tracker.metric_history(run["run_id"], "val/epoch"))
         for step, value in tracker.metric_history(run["run_id"], key):
             epoch = epoch_at.get(step, step)
-            records.append({"row": run["row"], "seed": run["seed"], "epoch": int(epoch), "value": float(value)})
-    return pd.DataFrame.from_records(records, columns=["row", "seed", "epoch", "value"])
+            records.append({"row": run["row"], "seed": run["seed"], "epoch": int(epoch), "step": int(step),
+                            "value": float(value)})
+    return pd.DataFrame.from_records(records, columns=["row", "seed", "epoch", "step", "value"])
 
 
 def plot_val_curves(history: pd.DataFrame, rows: Sequence[ReportRow], out_dir: Path,
                     key: str = "val/abs_rel") -> list[Path]:
-    """Validation ``key`` against epoch, one line per row (mean over seeds, band: ± std)."""
+    """Validation ``key`` against the optimiser step, one line per row labelled as in the table (mean over seeds,
+    band: ± std); readable with a single validation too (the axis starts at step 0)."""
     import seaborn as sns
 
     fig = _new_figure(7.0, 4.2)
-    order = [r.name for r in rows if r.name in set(history["row"])]
+    present = set(history["row"])
+    labels = {r.name: r.label for r in rows}
+    order = [r.label for r in rows if r.name in present]
+    data = history.assign(label=history["row"].map(lambda n: labels.get(n, n)))
+    x = "step" if "step" in data.columns else "epoch"
     with sns.axes_style("whitegrid"):
         ax = fig.subplots()
-        sns.lineplot(data=history, x="epoch", y="value", hue="row", hue_order=order, errorbar="sd", marker="o", ax=ax)
+        sns.lineplot(data=data, x=x, y="value", hue="label", hue_order=order, errorbar="sd", marker="o", ax=ax)
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0, max(1.0, float(data[x].max())) * 1.05)
+    ax.set_xlabel("optimiser step" if x == "step" else "epoch")
     ax.set_ylabel(key)
-    ax.set_title(f"Validation {key.split('/')[-1]} per epoch (band: ± std over seeds)")
-    ax.legend(fontsize=7, loc="best")
+    ax.set_title(f"Validation {key.split('/')[-1]} during training (band: ± std over seeds)")
+    ax.legend(fontsize=7, loc="best", title=None)
     return _save(fig, out_dir, "val_curves")
 
 
@@ -1133,7 +1145,7 @@ def build_report(
     description = grid.description if grid is not None else ""
     (out_dir / "report.html").write_text(to_html(title, info, summary, motion, figure_files, paper_ref, notes,
                                                  floors=floor_frame, regions=regions, verdicts=verdicts,
-                                                 headline=headline))
+                                                 headline=headline, description=description))
     (out_dir / "README.md").write_text(_readme(title, description, info, table_md, motion_md, figure_files, notes,
                                                headline=headline, regions_md=regions_md, findings_md=findings_md))
     files += [out_dir / "report.html", out_dir / "README.md"]

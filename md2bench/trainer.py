@@ -976,7 +976,13 @@ def _fit_locked(
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
 
     # ----- networks, optimiser, schedule (built before any tracking, so a missing weights file leaves no run)
-    models = prepare_models(build_models(cfg), cfg, device)
+    built = build_models(cfg)
+    if cfg.model.init_from:
+        from md2bench.checkpoint import init_from_checkpoint
+
+        warm = init_from_checkpoint(built, cfg.model.init_from)
+        logger.info("networks %s start from %s (model.init_from)", ", ".join(warm), cfg.model.init_from)
+    models = prepare_models(built, cfg, device)
     optimizer = make_optimizer(models, cfg)
     scheduler = make_scheduler(optimizer, cfg)
 

@@ -85,3 +85,32 @@ def test_load_for_inference_needs_models(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "d.pt", {"models": {}})
     with pytest.raises(CheckpointError, match="config"):
         load_for_inference(tmp_path / "d.pt")
+
+
+def test_init_from_copies_every_matching_network_and_refuses_mismatches(tmp_path: Path) -> None:
+    """model.init_from: an MS run's depth and pose nets warm-start an M run; other shapes fail with the name."""
+    from md2bench.checkpoint import CheckpointError, init_from_checkpoint, save_checkpoint
+    from md2bench.config import load_config
+    from md2bench.models import build_models
+
+    torch.manual_seed(1)
+    ms = build_models(load_config("tiny", ["data.mode=MS", "model.pretrained=scratch"]))
+    path = save_checkpoint(tmp_path / "ms.pt", {"models": ms.state_dict(), "step": 7})
+    torch.manual_seed(2)
+    cfg = load_config("tiny", ["data.mode=M", "model.pretrained=scratch", f"model.init_from={path}"])
+    mono = build_models(cfg)
+    assert not torch.equal(mono["encoder"].state_dict()["conv1.weight"], ms["encoder"].state_dict()["conv1.weight"])
+    loaded = init_from_checkpoint(mono, cfg.model.init_from)
+    assert sorted(loaded) == sorted(mono.keys()) == sorted(ms.keys())
+    for name, tensor in mono.state_dict().items():
+        assert torch.equal(tensor, ms.state_dict()[name]), name
+    # the option is part of the run key (a warm-started run is another run); the default keeps old keys
+    assert cfg.run_key != load_config("tiny", ["data.mode=M", "model.pretrained=scratch"]).run_key
+    # a pose net of another input layout does not fit: the message names the network
+    other = build_models(load_config("tiny", ["model.pose_input=all", "model.pretrained=scratch"]))
+    with pytest.raises(CheckpointError, match="'pose_encoder' network does not match"):
+        init_from_checkpoint(other, path)
+    # a checkpoint without any of the networks
+    empty = save_checkpoint(tmp_path / "empty.pt", {"models": {"other.weight": torch.zeros(1)}})
+    with pytest.raises(CheckpointError, match="holds none of this run's networks"):
+        init_from_checkpoint(mono, empty)

@@ -118,8 +118,8 @@ def test_synth_ablation_is_sized_and_skips_full_eigen() -> None:
     assert len(specs) == 12 * 3  # (a) 10 rows + (b) 2 rows, 3 seeds; no full-Eigen rows
     assert all(s.config.data.dataset == "synthetic" and s.config.data.synth_preset == "default" for s in specs)
     images = sum(s.config.train.max_steps * s.config.train.batch_size for s in specs)
-    # 30 runs x 500 x 12 + 6 runs x 750 x 12 = 180,000 + 54,000 (the budget stated in the file's comment)
-    assert images == 234_000
+    # 30 runs x 400 x 12 + 6 runs x 600 x 12 = 144,000 + 43,200 (15,600 steps: the budget in the file's comment)
+    assert images == 187_200
     small = grid.config_for("monodepth2_small", 0)
     assert (small.data.height, small.data.width) == (64, 224)
 
@@ -354,3 +354,23 @@ def test_the_findings_test_grid_loads() -> None:
     grid = load_grid(Path(__file__).resolve().parent / "grids" / "findings-test.toml")
     assert [f.kind for f in grid.findings] == ["contrast", "contrast", "best", "floor", "contrast"]
     assert grid.findings[3].factor == 2.0 and grid.findings[4].metric == "comoving/abs_rel"
+
+
+def test_cpu_ablation_is_the_block_a_contrasts_with_its_findings() -> None:
+    """The CPU grid: 5 rows x 3 seeds, exact poses, 192x64, a step budget; every claim names rows of the grid."""
+    grid = load_grid("cpu-ablation")
+    specs = grid.expand()
+    assert len(specs) == 5 * 3 and sorted(grid.seeds) == [0, 1, 2]
+    for s in specs:
+        c = s.config
+        assert (c.model.pose_source, c.data.height, c.data.width, c.train.device) == ("gt", 64, 192, "cpu")
+        assert c.model.init_depth == 2.0 and c.train.max_steps == 500 and s.flags["gt_pose"] is True
+    full = grid.config_for("monodepth2_full", 0)
+    assert (full.loss.reprojection, full.loss.automask, full.loss.multiscale) == ("min", True, "full_res")
+    base = grid.config_for("baseline", 0)
+    assert (base.loss.reprojection, base.loss.automask, base.loss.multiscale) == ("avg", False, "per_scale")
+    names = {r.name for r in grid.rows}
+    kinds = sorted(f.kind for f in grid.findings)
+    assert kinds == ["best", "contrast", "contrast", "contrast", "contrast", "floor"]
+    for f in grid.findings:
+        assert set(f.rows()) <= names

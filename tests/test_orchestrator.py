@@ -233,6 +233,10 @@ def test_smoke_grid_finishes_nested_under_one_parent(smoke_dir: Path) -> None:
     assert tracker.client.get_experiment_by_name("smoke").tags["mlflow.experimentKind"] == "custom_model_development"
     runs = _child_runs(tracker, "smoke")
     assert len(runs) == len(grid.expand()) == 2
+    # the orchestrator ends by naming the next commands, with the store it used
+    first = (smoke_dir / "first.out").read_text()
+    assert f"md2bench report smoke --out reports/smoke --tracking-uri {tracker.uri}" in first
+    assert f"mlflow ui --backend-store-uri {tracker.uri}" in first
     by_key = {r.data.tags["md2bench.run_key"]: r for r in runs}
     for spec in grid.expand():
         run = by_key[spec.run_key]
@@ -313,6 +317,10 @@ def test_ctrl_c_stops_the_run_and_the_next_invocation_resumes_it(tmp_path: Path,
     steps = [s for s, _ in tracker.metric_history(run.info.run_id, "train/loss")]
     # log_every = 1: steps 1..4 each logged once (a restart would log 1.. again)
     assert steps == list(range(1, 5)) and 1 <= stopped_at < 4
+    # the rerun continued the interrupted grid's parent run: no new, empty parent; the child is still under it
+    (parent,) = _parents(tracker, "resume")
+    assert parent.info.run_id == result.parent_run_id and parent.info.status == "FINISHED"
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
 
 
 @pytest.mark.slow
@@ -407,3 +415,32 @@ def test_a_stopped_child_is_killed_unless_it_had_finished(tmp_path: Path, monkey
         states[spec.row] = (active.outcome.state, active.outcome.message)
     assert states["early"][0] == "killed" and "SIGTERM during start-up" in states["early"][1]
     assert states["late"] == (FINISHED, "")
+
+
+def test_estimate_uses_the_measured_end_to_end_rate_of_finished_runs(tmp_path: Path) -> None:
+    """A finished run in a real SQLite store (600 images in 120 s = 5 images/s on this device) makes the estimate
+    a measurement: 3 runs of 300 images on 2 slots = 3 x 60 s / 2 = 90 s; another shape stays rough."""
+    from md2bench.orchestrator import (Slot, estimate_line, estimate_seconds, measured_rates, spec_rate_key,
+                                       this_device_tag)
+
+    device = this_device_tag("cpu")
+    tracker = MLflowTracker(_uri(tmp_path))
+    grid = load_grid("smoke").with_overrides({"train.max_steps": 150, "train.batch_size": 2})
+    specs = grid.expand()[:1] * 3
+    cfg = specs[0].config.override({"train.max_steps": 300})
+    client = tracker.client
+    run = client.create_run(tracker.experiment_id("earlier"), start_time=1_000_000, tags={"md2bench.device": device})
+    client.log_batch(run.info.run_id, params=[__import__("mlflow").entities.Param(k, str(v))
+                                              for k, v in cfg.flat().items()])
+    client.set_terminated(run.info.run_id, "FINISHED", end_time=1_000_000 + 120_000)
+    rates = measured_rates(tracker)
+    assert rates == {spec_rate_key(cfg, device): (pytest.approx(5.0), 1)}
+    slots = [Slot("cpu", None, 0), Slot("cpu", None, 1)]
+    images, seconds = estimate_seconds(specs, slots, rates, device)
+    assert images == 3 * 300 and seconds == pytest.approx(90.0)
+    line = estimate_line(specs, slots, tracker)
+    assert "measured" in line and "1m30s" in line and "median 5.0 images/s" in line
+    # another shape (batch 4) has no measurement: the rough constant, said so
+    other = [s for s in load_grid("smoke").with_overrides({"train.batch_size": 4}).expand()]
+    assert "rough (no finished run of this shape" in estimate_line(other, slots, tracker)
+    assert estimate_seconds(other, slots, rates, device) == estimate_seconds(other, slots)

@@ -191,6 +191,8 @@ def test_files_figures_and_provenance(store: dict[str, Any]) -> None:
     assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex and "\\checkmark" in tex
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3  # metrics, val curves, qualitative: all inlined
+    assert "Two trained rows and one row never run." in page  # the grid's description heads the page
+    assert "<b>wall time</b>:" in page and "min per run" in page
     readme = (out / "README.md").read_text()
     runs = store["report"].runs
     commit = runs["commit"].iloc[0]
