@@ -74,6 +74,9 @@ class ModelConfig:
             (``checkpoint.pt`` or ``checkpoints/last.pt`` of an earlier run): every network of this run that the
             checkpoint also holds, with the same shapes, starts from its weights (e.g. a monocular run warm-started
             from an MS run: depth and pose nets; README, "Results"). Optimiser state and step count start fresh.
+        pose_translation_scale: the factor on the pose net's raw translation output (the reference: 0.01, the same
+            as its rotation). The camera of the synthetic world moves ~0.16 network units per frame; at 0.01 the
+            raw output must grow to ~16, which takes a from-scratch pose net many steps (README, "Results").
     """
 
     num_layers: int = 18
@@ -87,6 +90,7 @@ class ModelConfig:
     pose_source: str = "net"
     init_depth: float = 0.0
     init_from: str = ""
+    pose_translation_scale: float = 0.01
 
     def __post_init__(self) -> None:
         _choice("model", "num_layers", self.num_layers, (18, 50))
@@ -100,6 +104,8 @@ class ModelConfig:
             raise ConfigError(f"model.scales must be an increasing subset of (0, 1, 2, 3) with 0, got {self.scales}")
         if self.scales[0] != 0:
             raise ConfigError(f"model.scales must start with 0, got {self.scales}")
+        if not (math.isfinite(self.pose_translation_scale) and self.pose_translation_scale > 0):
+            raise ConfigError(f"model.pose_translation_scale must be a positive number, got {self.pose_translation_scale}")
         if not (self.init_depth == 0 or self.min_depth < self.init_depth < self.max_depth) or math.isnan(self.init_depth):
             raise ConfigError(f"model.init_depth must be 0 (the reference initialisation) or between model.min_depth "
                               f"and model.max_depth ({self.min_depth}, {self.max_depth}), got {self.init_depth}")
@@ -292,7 +298,7 @@ NON_SEMANTIC = frozenset(
 # Fields added after run keys were first handed out, with the value they had implicitly before: a field at
 # that value is left out of ``run_key``, so finished runs keep their keys (and are still skipped) when an
 # option is added; any other value is part of the key.
-KEY_DEFAULTS = {"train.cpu_amp": False, "model.pose_source": "net", "model.init_depth": 0.0, "model.init_from": ""}
+KEY_DEFAULTS = {"train.cpu_amp": False, "model.pose_source": "net", "model.init_depth": 0.0, "model.init_from": "", "model.pose_translation_scale": 0.01}
 
 
 @dataclass(frozen=True)

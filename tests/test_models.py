@@ -276,6 +276,15 @@ def test_pose_decoder_scale_and_layout() -> None:
     torch.testing.assert_close(translation[1, 1, 0], torch.tensor([0.09, 0.10, 0.11]))
     with pytest.raises(ValueError, match="2 feature set"):
         pose(feats[:1])
+    # model.pose_translation_scale = 0.1: the same raw outputs, translations ×0.1, rotations still ×0.01
+    scaled = PoseDecoder((64, 64, 128, 256, 512), num_input_features=2, num_frames_to_predict=2, translation_scale=0.1)
+    scaled.load_state_dict(pose.state_dict())
+    axisangle10, translation10 = scaled(feats)
+    torch.testing.assert_close(axisangle10, axisangle)
+    torch.testing.assert_close(translation10[1, 1, 0], torch.tensor([0.9, 1.0, 1.1]))
+    cfg = Config(model=ModelConfig(pretrained="scratch", pose_translation_scale=0.1))
+    assert build_models(cfg)["pose"].translation_scale == 0.1
+    assert Config().run_key == Config(model=ModelConfig(pose_translation_scale=0.01)).run_key != cfg.run_key
 
 
 @pytest.mark.parametrize("n", [2, 3])

@@ -330,15 +330,21 @@ def test_kill_9_of_the_orchestrator_group_stops_its_child_and_the_next_invocatio
     assert first.info.status == "KILLED" and first.data.tags[END_REASON_TAG] == "parent-gone"
     assert "the orchestrator (pid" in log.read_text()
 
-    result = run_grid(load_grid(path), gpus="none", tracking_uri=uri, stream=io.StringIO())
+    stream = io.StringIO()
+    result = run_grid(load_grid(path), gpus="none", tracking_uri=uri, stream=stream)
     (outcome,) = result.outcomes
     assert outcome.state == FINISHED and outcome.resumed
     (run,) = _runs_of(uri, spec.run_key)
     assert run.info.run_id == first.info.run_id and run.info.status == "FINISHED"
     everything = _all_runs(uri)
     assert "RUNNING" not in {r.info.status for r in everything}
-    dead_parent = [r for r in everything if r.data.tags.get("md2bench.kind") == "grid" and r.info.status == "KILLED"]
-    assert len(dead_parent) == 1 and dead_parent[0].data.tags[END_REASON_TAG] == "owner-gone"
+    # the dead grid's parent was marked (its owner is gone) and then continued by the rerun: one parent, FINISHED
+    output = stream.getvalue()
+    assert "was left RUNNING by a process that is gone" in output
+    assert "continuing the grid's unfinished MLflow parent run" in output
+    parents = [r for r in everything if r.data.tags.get("md2bench.kind") == "grid"]
+    assert len(parents) == 1 and parents[0].info.run_id == result.parent_run_id
+    assert parents[0].info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == result.parent_run_id
 
 
 # ============================================================================================ the trainer

@@ -30,10 +30,11 @@ if TYPE_CHECKING:
 POSE_SCALE = 0.01
 
 
-def _split_pose(out: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """B×6k pose vectors -> (axisangle B×k×1×3, translation B×k×1×3), scaled by ``POSE_SCALE``."""
-    out = POSE_SCALE * out.reshape(-1, k, 1, 6)  # B×6k -> B×k×1×6
-    return out[..., :3], out[..., 3:]
+def _split_pose(out: Tensor, k: int, translation_scale: float = POSE_SCALE) -> tuple[Tensor, Tensor]:
+    """B×6k pose vectors -> (axisangle B×k×1×3, translation B×k×1×3): the axis-angle scaled by ``POSE_SCALE``, the
+    translation by ``translation_scale`` (the reference: also ``POSE_SCALE``)."""
+    out = out.reshape(-1, k, 1, 6)  # B×6k -> B×k×1×6
+    return POSE_SCALE * out[..., :3], translation_scale * out[..., 3:]
 
 
 class PoseDecoder(nn.Module):
@@ -48,8 +49,10 @@ class PoseDecoder(nn.Module):
         num_frames_to_predict: k, transforms predicted per call.
     """
 
-    def __init__(self, num_ch_enc: Sequence[int], num_input_features: int, num_frames_to_predict: int) -> None:
+    def __init__(self, num_ch_enc: Sequence[int], num_input_features: int, num_frames_to_predict: int,
+                 translation_scale: float = POSE_SCALE) -> None:
         super().__init__()
+        self.translation_scale = translation_scale
         if num_input_features < 1 or num_frames_to_predict < 1:
             raise ValueError(
                 f"num_input_features and num_frames_to_predict must be >= 1, got {num_input_features}, "
@@ -88,7 +91,7 @@ class PoseDecoder(nn.Module):
         x = self.relu(self.pose0(x))
         x = self.relu(self.pose1(x))
         x = self.pose2(x).mean(dim=(2, 3))
-        return _split_pose(x, self.num_frames_to_predict)
+        return _split_pose(x, self.num_frames_to_predict, self.translation_scale)
 
 
 class PoseCNN(nn.Module):
@@ -101,12 +104,13 @@ class PoseCNN(nn.Module):
         num_input_frames: n >= 2 images per call.
     """
 
-    def __init__(self, num_input_frames: int) -> None:
+    def __init__(self, num_input_frames: int, translation_scale: float = POSE_SCALE) -> None:
         super().__init__()
         if num_input_frames < 2:
             raise ValueError(f"PoseCNN needs at least 2 input frames, got {num_input_frames}")
         self.num_input_frames = num_input_frames
         self.num_frames_to_predict = num_input_frames - 1
+        self.translation_scale = translation_scale
         # (in, out, kernel); padding = kernel // 2, stride 2 throughout.
         spec = [
             (3 * num_input_frames, 16, 7),
@@ -136,7 +140,7 @@ class PoseCNN(nn.Module):
         for conv in self.convs:
             x = self.relu(conv(x))
         x = self.pose_conv(x).mean(dim=(2, 3))
-        return _split_pose(x, self.num_frames_to_predict)
+        return _split_pose(x, self.num_frames_to_predict, self.translation_scale)
 
 
 def num_pose_frames(cfg: Config) -> int:
@@ -177,12 +181,14 @@ def build_models(cfg: Config) -> nn.ModuleDict:
             models["pose_encoder"] = ResnetEncoder(m.num_layers, num_input_images=n, imagenet_state=imagenet_state)
             k = 2 if m.pose_input == "pairs" else n - 1  # reference: 2 for pairs, only the first used
             models["pose"] = PoseDecoder(
-                models["pose_encoder"].num_ch_enc, num_input_features=1, num_frames_to_predict=k
+                models["pose_encoder"].num_ch_enc, num_input_features=1, num_frames_to_predict=k,
+                translation_scale=m.pose_translation_scale,
             )
         elif m.pose_net == "shared":
-            models["pose"] = PoseDecoder(num_ch_enc, num_input_features=n, num_frames_to_predict=n - 1)
+            models["pose"] = PoseDecoder(num_ch_enc, num_input_features=n, num_frames_to_predict=n - 1,
+                                         translation_scale=m.pose_translation_scale)
         else:  # posecnn
-            models["pose"] = PoseCNN(num_input_frames=n)
+            models["pose"] = PoseCNN(num_input_frames=n, translation_scale=m.pose_translation_scale)
     if cfg.loss.predictive_mask:
         models["mask"] = DepthDecoder(num_ch_enc, scales=m.scales, num_output_channels=cfg.num_sources)
     return models
