@@ -51,7 +51,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO
 
 import numpy as np
 
-from md2bench.config import Config
+from md2bench.config import KEY_DEFAULTS, Config
 from md2bench.grid import Grid, RunSpec
 from md2bench.tracking import (END_INTERRUPTED, FLAG_TAG, RUN_KEY_TAG, Claim, Heartbeat, MLflowTracker, git_commit,
                                resolve_uri)
@@ -452,7 +452,8 @@ def train_size(cfg: Config) -> int | None:
 # What a run's end-to-end speed depends on (besides the machine): the measured-rate lookup matches on these.
 RATE_PARAMS = ("data.height", "data.width", "train.batch_size", "model.num_layers", "data.mode", "model.pose_net",
                "model.pose_source", "train.cpu_amp", "train.amp")
-_PARAM_DEFAULTS = {"model.pose_source": "net", "train.cpu_amp": "False"}  # runs logged before these existed
+# Runs logged before an option existed lack its param: read it as the value it implicitly had (config.KEY_DEFAULTS).
+_PARAM_DEFAULTS = {k: str(v) for k, v in KEY_DEFAULTS.items()}
 
 
 def rate_key(params: Mapping[str, Any], device: str) -> tuple[str, ...]:
@@ -469,9 +470,9 @@ def this_device_tag(kind: str) -> str:
     """The ``md2bench.device`` tag a run started here would carry on ``kind`` (``cpu`` or ``cuda``, GPU 0)."""
     import torch
 
-    from md2bench.trainer import _device_tag
+    from md2bench.trainer import device_tag
 
-    return _device_tag(torch.device("cuda:0" if kind == "cuda" else "cpu"))
+    return device_tag(torch.device("cuda:0" if kind == "cuda" else "cpu"))
 
 
 def measured_rates(tracker: MLflowTracker | None) -> dict[tuple[str, ...], tuple[float, int]]:
@@ -479,7 +480,8 @@ def measured_rates(tracker: MLflowTracker | None) -> dict[tuple[str, ...], tuple
 
     A run's rate is its training images (``train.max_steps`` × ``train.batch_size``) over its MLflow wall time
     (start-up, validation, checkpoints and the final evaluation included), measured with whatever else shared the
-    device at the time (e.g. the other runs of a grid). Runs without a step budget are not used.
+    device at the time (e.g. the other runs of a grid). Runs without a step budget are not used; a run that was
+    interrupted and resumed counts its downtime too (the median keeps one such run from moving the estimate).
     """
     if tracker is None:
         return {}
@@ -514,15 +516,16 @@ def estimate_seconds(specs: Sequence[RunSpec], slots: Sequence[Slot],
     """
     if not specs or not slots:
         return 0.0, 0.0
-    measured = [s for s in specs if rates and spec_rate_key(s.config, device) in rates]
-    rest = [s for s in specs if s not in measured]
-    measured_s = 0.0
-    for spec in measured:
-        cfg = spec.config
-        images = (total_steps(cfg, train_size(cfg)) or 0) * cfg.train.batch_size
-        measured_s += images / rates[spec_rate_key(cfg, device)][0]  # type: ignore[index]
-    measured_images = sum((total_steps(s.config, train_size(s.config)) or 0) * s.config.train.batch_size
-                          for s in measured)
+    measured_images = measured_s = 0.0
+    rest = []
+    for spec in specs:
+        key = spec_rate_key(spec.config, device)
+        if rates and key in rates:
+            images = (total_steps(spec.config, train_size(spec.config)) or 0) * spec.config.train.batch_size
+            measured_images += images
+            measured_s += images / rates[key][0]
+        else:
+            rest.append(spec)
     rest_images, rest_s = _rough_seconds(rest, slots)
     return measured_images + rest_images, measured_s / len(slots) + rest_s
 

@@ -925,7 +925,7 @@ def _wall_time(selected: pd.DataFrame) -> str:
 
 def _readme(title: str, description: str, info: Mapping[str, str], table_md: str, motion_md: str | None,
             figures: Sequence[Path], notes: Sequence[str], *, headline: Sequence[str] = (),
-            regions_md: str | None = None, findings_md: str | None = None) -> str:
+            regions_md: str | None = None, findings_md: str | None = None, flag_keys: Sequence[str] = ()) -> str:
     lines = [f"# {title}", ""]
     if description:
         lines += [description, ""]
@@ -934,8 +934,8 @@ def _readme(title: str, description: str, info: Mapping[str, str], table_md: str
         lines += ["## Summary", ""] + [f"{line}\n" for line in headline]
     lines += ["## Ablation", "",
               "Mean ± sample std over seeds (n = number of seeds); best mean per column in **bold**; "
-              "flags: " + ", ".join(f"{v} = {FLAG_DESCRIPTIONS[k]}" for k, v in FLAG_LABELS.items()
-                                    if k in {"automask", "min_reprojection", "full_res", "pretrained", "gt_pose"}) + ".",
+              "flags: " + ", ".join(f"{FLAG_LABELS[k]} = {FLAG_DESCRIPTIONS[k]}" for k in flag_keys
+                                    if k in FLAG_LABELS) + ".",
               "", table_md]
     if regions_md:
         lines += ["## Errors per region", "", REGIONS_TEXT, "", regions_md]
@@ -1147,7 +1147,8 @@ def build_report(
                                                  floors=floor_frame, regions=regions, verdicts=verdicts,
                                                  headline=headline, description=description))
     (out_dir / "README.md").write_text(_readme(title, description, info, table_md, motion_md, figure_files, notes,
-                                               headline=headline, regions_md=regions_md, findings_md=findings_md))
+                                               headline=headline, regions_md=regions_md, findings_md=findings_md,
+                                               flag_keys=_flag_keys(rows)))
     files += [out_dir / "report.html", out_dir / "README.md"]
 
     logged_to = None

@@ -387,7 +387,8 @@ def autocast_for(device: torch.device, cfg: Config) -> contextlib.AbstractContex
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def _device_tag(device: torch.device) -> str:
+def device_tag(device: torch.device) -> str:
+    """The ``md2bench.device`` tag of a run on ``device`` (also the key of the orchestrator's measured rates)."""
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
@@ -1338,7 +1339,7 @@ def _run_tags(cfg: Config, device: torch.device, extra: Mapping[str, Any] | None
         "md2bench.run_key": cfg.run_key,
         "md2bench.seed": str(cfg.train.seed),
         "md2bench.commit": tracking.git_commit(),
-        "md2bench.device": _device_tag(device),
+        "md2bench.device": device_tag(device),
         "md2bench.dataset": cfg.data.dataset,
         "md2bench.split": cfg.data.split,
         "md2bench.test_split": cfg.data.test_split,

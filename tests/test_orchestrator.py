@@ -420,6 +420,8 @@ def test_a_stopped_child_is_killed_unless_it_had_finished(tmp_path: Path, monkey
 def test_estimate_uses_the_measured_end_to_end_rate_of_finished_runs(tmp_path: Path) -> None:
     """A finished run in a real SQLite store (600 images in 120 s = 5 images/s on this device) makes the estimate
     a measurement: 3 runs of 300 images on 2 slots = 3 x 60 s / 2 = 90 s; another shape stays rough."""
+    from mlflow.entities import Param
+
     from md2bench.orchestrator import (Slot, estimate_line, estimate_seconds, measured_rates, spec_rate_key,
                                        this_device_tag)
 
@@ -430,8 +432,7 @@ def test_estimate_uses_the_measured_end_to_end_rate_of_finished_runs(tmp_path: P
     cfg = specs[0].config.override({"train.max_steps": 300})
     client = tracker.client
     run = client.create_run(tracker.experiment_id("earlier"), start_time=1_000_000, tags={"md2bench.device": device})
-    client.log_batch(run.info.run_id, params=[__import__("mlflow").entities.Param(k, str(v))
-                                              for k, v in cfg.flat().items()])
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in cfg.flat().items()])
     client.set_terminated(run.info.run_id, "FINISHED", end_time=1_000_000 + 120_000)
     rates = measured_rates(tracker)
     assert rates == {spec_rate_key(cfg, device): (pytest.approx(5.0), 1)}
