@@ -121,6 +121,13 @@ class LossConfig:
         automask: auto-masking of stationary pixels: the identity (unwarped) errors join the per-pixel
             minimum, with a tiny random tie-break (std ``automask_noise``) added to them, as the reference does.
         automask_noise: std of the tie-break noise on the identity errors (reference: 1e-5).
+        automask_warmup_steps: for the first this many optimiser steps the loss runs without auto-masking (the
+            identity errors stay out of the minimum), then auto-masking as configured; 0 (the reference): from
+            the first step. A scratch pose net starts at the identity motion, where a warp wins over the
+            identity only on the pixels its first guess already moves the right way; auto-masking drops the
+            rest, so the pose net hears only the pixels that agree with it and locks into a sideways motion
+            that fits half the image (README, "Monocular training from scratch"). No effect when
+            ``automask`` is false.
         predictive_mask: Zhou et al.'s learned explainability mask (own decoder, BCE-to-one regulariser);
             the alternative to auto-masking, so it requires ``automask = false``.
         predictive_mask_weight: weight of the mask's BCE regulariser (reference: 0.2).
@@ -135,6 +142,7 @@ class LossConfig:
     reprojection: str = "min"
     automask: bool = True
     automask_noise: float = 1e-5
+    automask_warmup_steps: int = 0
     predictive_mask: bool = False
     predictive_mask_weight: float = 0.2
     multiscale: str = "full_res"
@@ -152,6 +160,8 @@ class LossConfig:
             )
         if not 0.0 <= self.ssim_weight <= 1.0:
             raise ConfigError(f"loss.ssim_weight must be in [0, 1], got {self.ssim_weight}")
+        if self.automask_warmup_steps < 0:
+            raise ConfigError(f"loss.automask_warmup_steps must be >= 0, got {self.automask_warmup_steps}")
         if self.smoothness < 0 or self.automask_noise < 0 or self.predictive_mask_weight < 0:
             raise ConfigError("loss weights and loss.automask_noise must be >= 0")
 
@@ -298,7 +308,8 @@ NON_SEMANTIC = frozenset(
 # Fields added after run keys were first handed out, with the value they had implicitly before: a field at
 # that value is left out of ``run_key``, so finished runs keep their keys (and are still skipped) when an
 # option is added; any other value is part of the key.
-KEY_DEFAULTS = {"train.cpu_amp": False, "model.pose_source": "net", "model.init_depth": 0.0, "model.init_from": "", "model.pose_translation_scale": 0.01}
+KEY_DEFAULTS = {"train.cpu_amp": False, "model.pose_source": "net", "model.init_depth": 0.0, "model.init_from": "", "model.pose_translation_scale": 0.01,
+                "loss.automask_warmup_steps": 0}
 
 
 @dataclass(frozen=True)
@@ -391,6 +402,13 @@ class Config:
         }
         blob = json.dumps(semantic, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+    def at_step(self, step: int) -> "Config":
+        """The config the loss of optimiser step ``step`` (1-based) runs with: auto-masking off during
+        ``loss.automask_warmup_steps``, otherwise ``self`` unchanged."""
+        if self.loss.automask and step <= self.loss.automask_warmup_steps:
+            return dataclasses.replace(self, loss=dataclasses.replace(self.loss, automask=False))
+        return self
 
     def override(self, overrides: Mapping[str, Any] | Sequence[str]) -> "Config":
         """A new config with dotted overrides applied (``{"loss.automask": False}`` or ``["loss.automask=false"]``)."""

@@ -16,9 +16,12 @@ Kinds (lower is better for error metrics, higher for ``a1``/``a2``/``a3``):
   tie).
 - ``floor``: *shown* when every row has at least 2 seeds and beats ``factor`` × the floor beyond its spread:
   for errors mean + std < floor / factor and every seed < floor / factor; for accuracies mean − std >
-  factor × floor and every seed > factor × floor (the floor is one deterministic number: no spread).
+  factor × floor and every seed > factor × floor (the floor is one deterministic number: no spread). With
+  ``rows`` only those rows are judged.
+- ``target``: *shown* when ``row`` has at least 2 seeds and reaches ``value`` beyond its spread: for errors
+  mean + std <= value and every seed <= value; for accuracies mean − std >= value and every seed >= value.
 
-*not run*: a row the claim needs (for ``best`` and ``floor``: every row of the grid) has no finished run with
+*not run*: a row the claim needs (for ``best`` and ``floor`` without ``rows``: every row of the grid) has no finished run with
 the metric, or the floor was not computed. Verdicts are never dropped: a claim that does not show is reported
 as such.
 """
@@ -40,7 +43,8 @@ if TYPE_CHECKING:
 SHOWN, NOT_SHOWN, NOT_RUN = "shown", "not shown", "not run"
 RULE = ("shown = both rows have >= 2 seeds, the means differ by more than the sum of the two sample stds in the "
         "claimed direction, and every seed run by both rows pairs the same way; floor claims: every row has >= 2 "
-        "seeds and mean ± std and every seed beat factor × the floor; not shown otherwise; not run when a row "
+        "seeds and mean ± std and every seed beat factor × the floor; target claims: the row has >= 2 seeds and "
+        "mean ± std and every seed reach the value; not shown otherwise; not run when a row "
         "(or the floor) has no numbers")
 
 
@@ -170,6 +174,23 @@ def _floor(finding: Finding, series: Mapping[str, Series], floor: float | None, 
     return SHOWN, f"every row beats {factor:g}× the floor beyond its spread", numbers
 
 
+def _target(finding: Finding, s: Series, lower: bool) -> tuple[str, str, str]:
+    value = finding.value
+    numbers = f"target {value:.3f}; {s.describe()}"
+    if s.n == 0:
+        return NOT_RUN, f"no finished runs with this metric: {s.label}", numbers
+    reached = (lambda v: v <= value) if lower else (lambda v: v >= value)
+    edge = s.mean + s.std if lower else s.mean - s.std
+    missed = [seed for seed, v in sorted(s.values.items()) if not reached(v)]
+    if s.n < 2:
+        return NOT_SHOWN, "1 seed: the spread is unknown", numbers
+    if missed:
+        return NOT_SHOWN, f"not reached by seed {', '.join(str(m) for m in missed)}", numbers
+    if not reached(edge):
+        return NOT_SHOWN, "every seed reaches it, but not beyond the spread (mean ± std)", numbers
+    return SHOWN, f"every seed reaches it, beyond the spread ({s.n} seeds)", numbers
+
+
 def judge(finding: Finding, series: Mapping[str, Series], floors: Mapping[str, Mapping[str, float]]) -> Verdict:
     """One verdict.
 
@@ -184,9 +205,12 @@ def judge(finding: Finding, series: Mapping[str, Series], floors: Mapping[str, M
         status, reason, numbers = _contrast(finding, series, lower)
     elif finding.kind == "best":
         status, reason, numbers = _best(finding, series, lower)
+    elif finding.kind == "target":
+        status, reason, numbers = _target(finding, series[finding.row], lower)
     else:
         floor = floors.get(finding.floor, {}).get(finding.metric)
-        status, reason, numbers = _floor(finding, series, floor, lower)
+        judged = {k: v for k, v in series.items() if k in finding.only} if finding.only else series
+        status, reason, numbers = _floor(finding, judged, floor, lower)
     return Verdict(finding, status, reason, numbers)
 
 

@@ -47,6 +47,14 @@ Findings (optional) are claims the report checks against the runs, with the spre
     metric = "abs_rel"                   # accuracies a1..a3: row > factor x floor)
     factor = 2.0                         # default 1.0
     floor = "row_prior"                  # or "constant"; default row_prior
+    rows = ["monodepth2_full"]           # optional: only these rows (default: every row)
+
+    [[findings]]
+    claim = "the full model reaches abs rel 0.20"
+    kind = "target"                      # row `row` reaches `value` (errors: <= value; a1..a3: >= value)
+    metric = "abs_rel"
+    row = "monodepth2_full"
+    value = 0.20
 
 Subsets: ``moving``, ``static`` and the synthetic world's regions ``occluded``, ``comoving``, ``low_texture``
 (``md2bench.regions``). Unknown keys, kinds, metrics or rows fail with ``GridError`` naming the valid ones.
@@ -55,6 +63,7 @@ Subsets: ``moving``, ``static`` and the synthetic world's regions ``occluded``, 
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -79,20 +88,22 @@ FLAG_KEYS: tuple[str, ...] = (
     "high_res",  # 1024×320 input
     "resnet50",  # ResNet-50 encoder
     "gt_pose",  # the world's exact camera poses in place of the pose network (synthetic only)
+    "automask_warmup",  # auto-masking starts after loss.automask_warmup_steps steps (monocular from scratch)
 )
 # The seven depth metrics a row's ``paper`` table may give (names as in ``md2bench.metrics``).
 METRICS: tuple[str, ...] = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
 
 _TOP_KEYS = ("name", "description", "base", "seeds", "paper_table", "set", "rows", "findings")
 _ROW_KEYS = ("name", "label", "flags", "set", "paper")
-FINDING_KINDS: tuple[str, ...] = ("contrast", "best", "floor")
+FINDING_KINDS: tuple[str, ...] = ("contrast", "best", "floor", "target")
 FINDING_FLOORS: tuple[str, ...] = ("constant", "row_prior")  # md2bench.floors.FLOOR_NAMES (kept light here)
 # keys every finding may have, and those of each kind
 _FINDING_COMMON = ("claim", "kind", "metric")
 _FINDING_KEYS: dict[str, tuple[str, ...]] = {
     "contrast": ("better", "worse"),
     "best": ("row",),
-    "floor": ("factor", "floor"),
+    "floor": ("factor", "floor", "rows"),
+    "target": ("row", "value"),
 }
 _ROW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -127,7 +138,8 @@ class Finding:
     Attributes:
         claim: the claim in words, as printed.
         kind: ``contrast`` (row ``better`` beats row ``worse``), ``best`` (row ``row`` is best or tied) or
-            ``floor`` (every row beats the floor ``floor`` by ``factor``).
+            ``floor`` (every row, or every row of ``only``, beats the floor ``floor`` by ``factor``) or ``target``
+            (row ``row`` reaches ``value``).
         metric: a test metric (``abs_rel``, ``occluded/abs_rel``, ``a1``, ...); lower is better for errors,
             higher for ``a1``/``a2``/``a3``.
         better: contrast: the row claimed better.
@@ -135,6 +147,8 @@ class Finding:
         row: best: the row claimed best.
         factor: floor: how many times better than the floor each row must be.
         floor: floor: ``row_prior`` or ``constant``.
+        only: floor: the rows the claim concerns (TOML key ``rows``); empty: every row.
+        value: target: the value the row must reach (an error at most, an accuracy at least).
     """
 
     claim: str
@@ -145,12 +159,16 @@ class Finding:
     row: str = ""
     factor: float = 1.0
     floor: str = "row_prior"
+    only: tuple[str, ...] = ()
+    value: float = math.nan
 
     def rows(self) -> tuple[str, ...]:
-        """The rows the claim names (none for ``floor``, which concerns every row)."""
+        """The rows the claim names (for ``floor`` its ``only`` rows; none when it concerns every row)."""
         if self.kind == "contrast":
             return (self.better, self.worse)
-        return (self.row,) if self.kind == "best" else ()
+        if self.kind == "floor":
+            return self.only
+        return (self.row,)
 
 
 @dataclass(frozen=True)
@@ -543,6 +561,18 @@ def _parse_findings(raw: Any, rows: Sequence[str], where: str) -> tuple[Finding,
             if floor not in FINDING_FLOORS:
                 raise GridError(f"{fwhere}: unknown floor {floor!r} (valid: {', '.join(FINDING_FLOORS)})")
             values.update(factor=float(factor), floor=floor)
+            if "rows" in table:
+                only = table["rows"]
+                if not isinstance(only, list) or not only or any(r not in rows for r in only):
+                    raise GridError(f"{fwhere}: rows must be a non-empty list of row names of this grid "
+                                    f"({', '.join(rows)}), got {only!r}")
+                values["only"] = tuple(only)
+        if kind == "target":
+            value = table.get("value")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise GridError(f"{fwhere}: kind = 'target' needs value, a number (e.g. value = 0.20 for "
+                                f"'abs rel at most 0.20'), got {value!r}")
+            values["value"] = float(value)
         out.append(Finding(**values))
     return tuple(out)
 

@@ -52,6 +52,7 @@ FLAG_LABELS: Mapping[str, str] = {
     "high_res": "1024×320",
     "resnet50": "R50",
     "gt_pose": "GT pose",
+    "automask_warmup": "AM warm-up",
 }
 FLAG_DESCRIPTIONS: Mapping[str, str] = {
     "automask": "auto-masking",
@@ -67,6 +68,7 @@ FLAG_DESCRIPTIONS: Mapping[str, str] = {
     "high_res": "1024×320",
     "resnet50": "ResNet-50",
     "gt_pose": "ground-truth poses in place of the pose network",
+    "automask_warmup": "auto-masking starts after a warm-up (loss.automask_warmup_steps)",
 }
 # Moving-object / static-pixel metrics shown in the synthetic world's second table.
 MOTION_METRICS: tuple[str, ...] = ("abs_rel", "rmse", "a1")

@@ -404,7 +404,8 @@ def train_step(
     device: torch.device,
     step: int,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One optimiser step of the Monodepth2 loss.
+    """One optimiser step of the Monodepth2 loss (with the config of that step, ``cfg.at_step(step)``: no
+    auto-masking during ``loss.automask_warmup_steps``).
 
     Args:
         step: the 1-based number of this step (named in the error on a non-finite loss).
@@ -419,7 +420,7 @@ def train_step(
 
     models.train()
     with autocast_for(device, cfg):
-        total, diagnostics, _ = method.training_loss(models, batch, cfg, device)
+        total, diagnostics, _ = method.training_loss(models, batch, cfg.at_step(step), device)
     if not bool(torch.isfinite(total.detach()).item()):
         raise NonFiniteLossError(step, nonfinite_terms(diagnostics), float(total.detach()))
     optimizer.zero_grad(set_to_none=True)

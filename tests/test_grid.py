@@ -336,7 +336,7 @@ def test_findings_load(tmp_path: Path) -> None:
         ('claim = "x"\nmetric = "abs_rel"\nbetter = "full"\nworse = "full"\n', r"the same row 'full'"),
         ('claim = "x"\nkind = "best"\nmetric = "abs_rel"\nbetter = "full"\n',
          r"unknown key 'better' for kind = 'best' \(it belongs to kind = 'contrast'\)"),
-        ('claim = "x"\nkind = "winner"\nmetric = "abs_rel"\n', r"unknown kind 'winner' \(valid: contrast, best, floor\)"),
+        ('claim = "x"\nkind = "winner"\nmetric = "abs_rel"\n', r"unknown kind 'winner' \(valid: contrast, best, floor, target\)"),
         ('claim = "x"\nkind = "floor"\nmetric = "abs_rel"\nfactor = 0\n', r"factor must be a number > 0"),
         ('claim = "x"\nkind = "floor"\nmetric = "abs_rel"\nfloor = "median"\n',
          r"unknown floor 'median' \(valid: constant, row_prior\)"),
