@@ -9,6 +9,7 @@ import pytest
 from md2bench.config import (
     Config,
     ConfigError,
+    KEY_DEFAULTS,
     PRESETS,
     flat_to_nested,
     load_config,
@@ -151,3 +152,19 @@ def test_run_keys_survive_options_added_later(name: str) -> None:
 def test_missing_config_file_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match="neither a file nor a preset"):
         load_config("no/such/file.toml")
+
+
+def test_at_step_switches_auto_masking_on_after_the_warmup() -> None:
+    cfg = load_config("tiny", ["loss.automask_warmup_steps=3"])
+    assert [cfg.at_step(k).loss.automask for k in (1, 2, 3, 4, 100)] == [False, False, False, True, True]
+    assert cfg.at_step(4) is cfg  # outside the warm-up the config itself, unchanged
+    assert cfg.at_step(1).override({"loss.automask": True}) == cfg.override({"loss.automask": True})
+    plain = load_config("tiny")  # the default (0) and a config without auto-masking never change
+    assert plain.at_step(1) is plain
+    no_mask = load_config("tiny", ["loss.automask=false", "loss.automask_warmup_steps=5"])
+    assert no_mask.at_step(1) is no_mask
+    with pytest.raises(ConfigError, match="automask_warmup_steps must be >= 0"):
+        load_config("tiny", ["loss.automask_warmup_steps=-1"])
+    # The option was added later: at its default it leaves the run key of every existing config unchanged.
+    assert "loss.automask_warmup_steps" in KEY_DEFAULTS
+    assert cfg.run_key != plain.run_key and load_config("tiny", ["loss.automask_warmup_steps=0"]).run_key == plain.run_key

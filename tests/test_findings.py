@@ -103,6 +103,33 @@ def test_floor_claim() -> None:
     assert judge(a1, _series(a={0: 0.3, 1: 0.32}), {"row_prior": {"a1": 0.18}}).status == NOT_SHOWN
 
 
+def test_floor_claim_on_named_rows_only() -> None:
+    claim = Finding("the warm-up row beats the prior by 2x", "floor", "abs_rel", factor=2.0, only=("warm",))
+    floors = {"row_prior": {"abs_rel": 0.46}}
+    rows = _series(ref={0: 0.50, 1: 0.60}, warm={0: 0.19, 1: 0.20})
+    verdict = judge(claim, rows, floors)
+    assert verdict.status == SHOWN and "REF" not in verdict.numbers  # the reference row is not judged
+    assert judge(Finding("every row", "floor", "abs_rel", factor=2.0), rows, floors).status == NOT_SHOWN
+    assert claim.rows() == ("warm",)
+
+
+def test_target_claim() -> None:
+    claim = Finding("warm reaches 0.20", "target", "abs_rel", row="warm", value=0.20)
+    assert claim.rows() == ("warm",)
+    ok = judge(claim, _series(warm={0: 0.18, 1: 0.19, 2: 0.185}), {})
+    assert ok.status == SHOWN and ok.numbers == "target 0.200; WARM 0.185 ± 0.005 (n=3)"
+    missed = judge(claim, _series(warm={0: 0.18, 1: 0.21, 2: 0.185}), {})
+    assert missed.status == NOT_SHOWN and missed.reason == "not reached by seed 1"
+    # every seed at or under 0.20 but mean + std (0.193 + 0.012) above it
+    edge = judge(claim, _series(warm={0: 0.18, 1: 0.20, 2: 0.20}), {})
+    assert edge.status == NOT_SHOWN and "spread" in edge.reason
+    assert judge(claim, _series(warm={0: 0.1}), {}).status == NOT_SHOWN  # one seed: spread unknown
+    assert judge(claim, _series(warm={}), {}).status == NOT_RUN
+    a1 = Finding("δ reaches 0.8", "target", "a1", row="warm", value=0.8)  # accuracies: at least the value
+    assert judge(a1, _series(warm={0: 0.85, 1: 0.86}), {}).status == SHOWN
+    assert judge(a1, _series(warm={0: 0.75, 1: 0.86}), {}).status == NOT_SHOWN
+
+
 def test_series_of_reads_the_selected_runs() -> None:
     selected = pd.DataFrame({"row": ["full", "full", "base"], "seed": pd.array([0, 1, 0], dtype="Int64"),
                              "occluded/abs_rel": [0.1, 0.2, float("nan")]})

@@ -340,6 +340,10 @@ def test_findings_load(tmp_path: Path) -> None:
         ('claim = "x"\nkind = "floor"\nmetric = "abs_rel"\nfactor = 0\n', r"factor must be a number > 0"),
         ('claim = "x"\nkind = "floor"\nmetric = "abs_rel"\nfloor = "median"\n',
          r"unknown floor 'median' \(valid: constant, row_prior\)"),
+        ('claim = "x"\nkind = "floor"\nmetric = "abs_rel"\nrows = ["full", "nope"]\n',
+         r"rows must be a non-empty list of row names of this grid \(full, no_min\)"),
+        ('claim = "x"\nkind = "target"\nmetric = "abs_rel"\nrow = "full"\n', r"kind = 'target' needs value"),
+        ('claim = "x"\nkind = "target"\nmetric = "abs_rel"\nvalue = 0.2\n', r"kind = 'target' needs 'row'"),
         ('metric = "abs_rel"\nbetter = "full"\nworse = "no_min"\n', r"finding 1: claim must be a non-empty string"),
     ],
 )

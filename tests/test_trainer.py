@@ -160,6 +160,36 @@ def test_cpu_amp_runs_the_networks_in_bf16_and_the_loss_in_fp32(cpu_amp: bool) -
     assert all(p.dtype == torch.float32 for p in models.parameters())  # master weights stay fp32
 
 
+def test_automask_warmup_runs_the_first_steps_without_auto_masking() -> None:
+    """``loss.automask_warmup_steps = 2``: steps 1-2 run the loss with auto-masking off (the same total as the
+    no-auto-masking config on the same weights and batch, no ``automask`` diagnostic), step 3 with it on."""
+    from md2bench import method
+    from md2bench.bench import make_batch
+    from md2bench.models import build_models
+
+    cfg = load_config("tiny", ["loss.automask_warmup_steps=2", "data.color_aug=false"])
+    off = cfg.override(["loss.automask=false", "loss.automask_warmup_steps=0"])
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    models = trainer.prepare_models(build_models(cfg), cfg, device)
+    optimizer = trainer.make_optimizer(models, cfg)
+    batch = make_batch(cfg)
+    for step in (1, 2, 3):
+        models.train()
+        with torch.no_grad():
+            torch.manual_seed(step)
+            expected_off, _, _ = method.training_loss(models, batch, off, device)
+            torch.manual_seed(step)
+            expected_on, _, _ = method.training_loss(models, batch, cfg, device)
+        torch.manual_seed(step)
+        total, diagnostics = trainer.train_step(models, optimizer, batch, cfg, device, step=step)
+        if step <= 2:
+            assert "automask" not in diagnostics and total.item() == pytest.approx(expected_off.item(), rel=1e-6)
+            assert expected_on.item() != pytest.approx(expected_off.item(), rel=1e-6)  # the two configs differ
+        else:
+            assert "automask" in diagnostics and total.item() == pytest.approx(expected_on.item(), rel=1e-6)
+
+
 def test_run_lock_refuses_a_second_holder(tmp_path: Path) -> None:
     cfg = load_config("tiny", [f"train.out_dir={tmp_path}"])
     run_dir = tmp_path / cfg.run_key
