@@ -104,7 +104,8 @@ def main() -> None:
                      "loss": float(total.detach()),
                      "automask": float(diagnostics["automask"]) if "automask" in diagnostics else float("nan")})
         if step % args.every == 0:
-            mean = {k: round(float(np.nanmean([r[k] for r in rows])), 5) for k in rows[0]}
+            values = {k: [r[k] for r in rows if not np.isnan(r[k])] for k in rows[0]}
+            mean = {k: round(float(np.mean(v)), 5) if v else None for k, v in values.items()}  # None: no auto-mask
             print(json.dumps({"step": step, **mean, "seconds": round(time.time() - start)}), flush=True)
             rows = []
 

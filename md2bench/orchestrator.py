@@ -53,6 +53,7 @@ import numpy as np
 
 from md2bench.config import KEY_DEFAULTS, Config
 from md2bench.grid import Grid, RunSpec
+from md2bench.progress import read_progress_file
 from md2bench.tracking import (END_INTERRUPTED, FLAG_TAG, RUN_KEY_TAG, Claim, Heartbeat, MLflowTracker, git_commit,
                                resolve_uri)
 
@@ -702,6 +703,8 @@ class _Active:
     first_step: tuple[int, float] | None = None
     step: tuple[int, int | None] | None = None
     term_sent: float | None = None
+    phase: str | None = None  # from progress.json: train / validate / evaluate / done
+    images_per_s: float | None = None  # from progress.json: the child's rate over its last interval
 
 
 @dataclass
@@ -767,6 +770,16 @@ def run_grid(
     slots = detect_slots(gpus, runs_per_gpu, cpu_jobs, [i.spec for i in todo], measure=bool(todo))
     tags = {"md2bench.grid": grid.name, "md2bench.kind": "grid", "md2bench.commit": git_commit(),
             "md2bench.backend": "local"}
+    if items and all(i.action == "skip" for i in items):
+        # Nothing to do: report the finished runs and leave the store as it is (no new, empty parent run).
+        outcomes = []
+        for item in items:
+            outcomes.append(RunOutcome(item.spec, state=SKIPPED, message=item.reason))
+            out.write(f"skip   {item.spec.run_name} ({item.spec.run_key}): {item.reason}\n")
+        parents = tracker.find_runs(grid.name, tags={"md2bench.kind": "grid"})
+        newest = max(parents, key=lambda r: r.info.start_time or 0).info.run_id if parents else None
+        out.write(f"grid {grid.name}: all {len(items)} runs finished; nothing to train (no new MLflow parent run)\n")
+        return GridResult(grid.name, newest, outcomes)
     with tracker.store_lock():  # two orchestrators starting at once must not both continue the same parent
         previous = _unfinished_parent(tracker, grid.name)
         if previous is not None:  # an interrupted grid: continue its parent run (its resumed children are in it)
@@ -933,7 +946,14 @@ def _launch(
 
 
 def _update_progress(a: _Active) -> None:
-    progress = read_progress(a.outcome.spec.run_dir)
+    """The child's progress: its structured ``progress.json`` (written by this attempt), else its log lines."""
+    structured = read_progress_file(a.outcome.spec.run_dir)
+    started_wall = time.time() - (time.monotonic() - a.started)
+    if structured is not None and structured.time >= started_wall:
+        progress: tuple[int, int | None] | None = (structured.step, structured.total)
+        a.phase, a.images_per_s = structured.phase, structured.images_per_s
+    else:
+        progress = read_progress(a.outcome.spec.run_dir)
     if progress is None:
         return
     a.step = progress
@@ -1072,6 +1092,8 @@ def _table_rows(outcomes: Mapping[str, RunOutcome], active: Mapping[int, _Active
         state = o.state
         if a is not None:
             state = "running" if a.term_sent is None else "stopping"
+            if a.term_sent is None and a.phase in ("validate", "evaluate"):
+                state = "validating" if a.phase == "validate" else "evaluating (test)"
             if a.step is not None:
                 cur, total = a.step
                 step = f"{cur}/{total}" if total else str(cur)
@@ -1089,7 +1111,41 @@ def _summary(outcomes: Mapping[str, RunOutcome], active: Mapping[int, _Active], 
     for o in outcomes.values():
         counts[o.state] = counts.get(o.state, 0) + 1
     parts = [f"{n} {state}" for state, n in sorted(counts.items())]
-    return "total: " + ", ".join(parts)
+    progress = grid_progress(outcomes, active)
+    return "total: " + ", ".join(parts) + (f"; {progress}" if progress else "")
+
+
+def grid_progress(outcomes: Mapping[str, RunOutcome], active: Mapping[int, _Active]) -> str:
+    """The whole grid's progress in optimiser steps, e.g. ``grid 1,200/4,200 steps (29%), ~25m left``.
+
+    Finished and skipped runs count in full, running ones at their last reported step, the others at 0 (a
+    queued run's checkpoint is not read here). The time left divides the remaining steps by the summed rate of
+    the running runs (their steps since this invocation started them), so it assumes the slots stay busy. Empty
+    when a run's length is not known in steps (``train.max_steps = 0``).
+    """
+    running = {a.outcome.spec.run_key: a for a in active.values()}
+    done = total = 0
+    rate = 0.0
+    for key, o in outcomes.items():
+        steps = o.spec.config.train.max_steps
+        a = running.get(key)
+        if a is not None and a.step is not None and a.step[1]:
+            steps = a.step[1]
+        if not steps:
+            return ""
+        total += steps
+        if o.state in (FINISHED, SKIPPED):
+            done += steps
+        elif a is not None and a.step is not None:
+            done += min(a.step[0], steps)
+            if a.first_step is not None and a.step[0] > a.first_step[0]:
+                rate += (a.step[0] - a.first_step[0]) / max(time.monotonic() - a.first_step[1], 1e-9)
+    if not total:
+        return ""
+    images = [a.images_per_s for a in active.values() if a.images_per_s is not None and a.phase == "train"]
+    now = f", {sum(images):.1f} img/s now" if images else ""
+    left = f", ~{_fmt_duration((total - done) / rate)} left" if rate > 0 and done < total else ""
+    return f"grid {done:,}/{total:,} steps ({100 * done // total}%){now}{left}"
 
 
 def _final_summary(result: GridResult) -> str:

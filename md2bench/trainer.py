@@ -64,6 +64,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from md2bench.checkpoint import config_from_checkpoint, load_checkpoint, save_checkpoint
 from md2bench.config import NON_SEMANTIC, Config
+from md2bench.progress import ProgressWriter
 
 # The method, data, models and evaluation modules are imported inside ``fit``: the orchestrator and the CLI
 # import this module for its exit codes and ``RunBusyError`` without paying for the whole stack.
@@ -1107,6 +1108,7 @@ def _fit_locked(
             raise NonFiniteValidationError(pos.step, epoch, bad)
 
     def run_validation(epoch: int) -> dict[str, float]:
+        reporter.update(pos.step, "validate")
         out = validate(models, val_loader, cfg, device, cfg.train.val_batches, picture=cfg.train.image_log,
                        scaling=scaling[:2])
         entry = {"epoch": float(epoch), "step": float(pos.step), **out.metrics}
@@ -1124,6 +1126,8 @@ def _fit_locked(
                     ", ".join(f"{k}={v:.4g}" for k, v in out.metrics.items()))
         return out.metrics
 
+    reporter = ProgressWriter(run_dir, total_steps, cfg.train.batch_size)  # progress.json: the grid bar's source
+    reporter.update(pos.step, force=True)
     bar = tqdm(total=total_steps * cfg.train.batch_size, initial=pos.step * cfg.train.batch_size, unit="img",
                unit_scale=True, dynamic_ncols=True, disable=not progress, desc=cfg.name)
     pruned = False
@@ -1153,6 +1157,7 @@ def _fit_locked(
                 for key, value in {"loss": total, **diagnostics}.items():
                     sums[key] = sums.get(key, 0.0) + value
                 bar.update(cfg.train.batch_size)
+                reporter.update(pos.step)
                 if pos.step % cfg.train.log_every == 0 or pos.step == total_steps:
                     elapsed = max(time.monotonic() - window_start, 1e-9)
                     logged = {f"train/{k}": float(v) / window_steps for k, v in sums.items()}
@@ -1206,7 +1211,9 @@ def _fit_locked(
                 run.set_tags({"md2bench.pruned": "true"})
             life.end("KILLED", "pruned")
             return RunResult("PRUNED", run_id, run_dir, {}, val_history, pos.step, message)
+        reporter.update(pos.step, "evaluate")
         test_metrics = _final_evaluation(models, cfg, device, run_dir, run, logger, pos.step, progress)
+        reporter.update(pos.step, "done")
         if run is not None:
             slim = {k: v for k, v in checkpoint_state().items() if k not in ("optimizer", "scheduler", "rng")}
             with tempfile.TemporaryDirectory() as tmp:

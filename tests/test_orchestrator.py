@@ -268,7 +268,8 @@ def test_second_invocation_trains_nothing(smoke_dir: Path) -> None:
     assert result.output.count("skip ") == 2 and "start" not in result.output
     tracker = MLflowTracker(_uri(smoke_dir))
     assert len(_child_runs(tracker, "smoke")) == 2  # no new training run
-    assert len(_parents(tracker, "smoke")) == 2  # one parent per invocation
+    assert len(_parents(tracker, "smoke")) == 1  # a finished grid run again adds no new, empty parent run
+    assert "nothing to train (no new MLflow parent run)" in result.output
 
 
 @pytest.mark.slow
@@ -445,3 +446,23 @@ def test_estimate_uses_the_measured_end_to_end_rate_of_finished_runs(tmp_path: P
     other = [s for s in load_grid("smoke").with_overrides({"train.batch_size": 4}).expand()]
     assert "rough (no finished run of this shape" in estimate_line(other, slots, tracker)
     assert estimate_seconds(other, slots, rates, device) == estimate_seconds(other, slots)
+
+
+def test_grid_progress_counts_steps_over_the_whole_grid() -> None:
+    from md2bench.orchestrator import FINISHED, RunOutcome, _Active, grid_progress
+
+    specs = load_grid("cpu-mono").expand()  # 3 x 400 steps (reference start) + 3 x 1,000 (warm-up) = 4,200
+    assert sorted(s.config.train.max_steps for s in specs) == [400] * 3 + [1000] * 3
+    outcomes = {s.run_key: RunOutcome(s) for s in specs}
+    assert grid_progress(outcomes, {}) == "grid 0/4,200 steps (0%)"  # nothing running: no time left to tell
+    ref = next(s for s in specs if s.config.train.max_steps == 400)
+    warm = next(s for s in specs if s.config.train.max_steps == 1000)
+    outcomes[ref.run_key].state = FINISHED
+    now = time.monotonic()
+    # the warm-up run: started here at step 100 60 s ago, now at 400 -> 5 steps/s for the 4,200 - 400 - 400 left
+    running = _Active(outcomes[warm.run_key], slot=None, proc=None, log=None, config_path=Path("x"), started=now,
+                      first_step=(100, now - 60.0), step=(400, 1000))
+    text = grid_progress(outcomes, {0: running})
+    assert text.startswith("grid 800/4,200 steps (19%), ~11m")  # 3,400 steps at 5/s = 680 s
+    unknown = {s.run_key: RunOutcome(s) for s in load_grid("cpu-mono").with_overrides({"train.max_steps": 0}).expand()}
+    assert grid_progress(unknown, {}) == ""  # epochs only: lengths in steps unknown here

@@ -364,3 +364,48 @@ def test_findings_section(floor_store: dict[str, Any]) -> None:
     assert "Findings: 2 of 5 shown, 2 not shown, 1 not run" in readme
     csv = pd.read_csv(floor_store["out"] / "findings.csv")
     assert sorted(csv["verdict"]) == ["not run", "not shown", "not shown", "shown", "shown"]
+
+
+_PROBE = """<script>
+window.addEventListener('load', () => {
+  const shown = e => { const r = e.getBoundingClientRect(), s = getComputedStyle(e);
+                       return r.width > 0 && r.height > 0 && s.visibility !== 'hidden' && s.display !== 'none'; };
+  const out = {
+    tables: [...document.querySelectorAll('table')].map(t => ({rows: t.rows.length, visible: shown(t)})),
+    images: [...document.images].map(i => ({alt: i.alt, loaded: i.complete && i.naturalWidth > 0,
+                                            visible: shown(i)})),
+    title: document.title,
+  };
+  const pre = document.createElement('pre');
+  pre.id = 'md2bench-probe';
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+@pytest.mark.slow
+def test_report_html_renders_in_a_real_browser(store: dict[str, Any], tmp_path: Path) -> None:
+    """The HTML report in headless Chromium: every table laid out with rows, every figure decoded and on screen."""
+    import html
+    import json
+    import re
+    import shutil
+    import subprocess
+
+    browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    if browser is None:
+        pytest.skip("no Chromium here (Debian: apt-get install chromium; .ci/run installs it where it can)")
+    page = (store["out"] / "report.html").read_text()
+    assert page.count("</body>") == 1
+    probed = tmp_path / "report.html"
+    probed.write_text(page.replace("</body>", _PROBE + "</body>"))
+    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+                           "--dump-dom", probed.as_uri()], capture_output=True, text=True, timeout=180)
+    found = re.search(r'<pre id="md2bench-probe">(.*?)</pre>', proc.stdout, re.S)
+    assert proc.returncode == 0 and found, proc.stderr[-2000:]
+    seen = json.loads(html.unescape(found.group(1)))
+    assert seen["title"] == "md2bench report: report-test"
+    assert len(seen["tables"]) >= 2 and all(t["visible"] and t["rows"] >= 2 for t in seen["tables"]), seen["tables"]
+    assert [i["alt"] for i in seen["images"]] == ["metrics", "val_curves", "qualitative"]
+    assert all(i["loaded"] and i["visible"] for i in seen["images"]), seen["images"]
