@@ -1136,7 +1136,7 @@ def _fit_locked(
     try:
         if rng_state is not None:
             restore_rng_state(rng_state)  # last thing before the loop: nothing may draw from the RNG after it
-        window_start, window_steps, data_wait = time.monotonic(), 0, 0.0
+        window_start, window_steps, data_wait, in_step = time.monotonic(), 0, 0.0, 0.0
         sums: dict[str, torch.Tensor] = {}
         while pos.epoch < cfg.train.epochs and pos.step < total_steps and stop.signal is None:
             if pos.batch == 0:
@@ -1149,8 +1149,10 @@ def _fit_locked(
                 batch = next(batches, None)
                 if batch is None:
                     break
-                data_wait += time.monotonic() - wait_start
+                step_start = time.monotonic()
+                data_wait += step_start - wait_start
                 total, diagnostics = train_step(models, optimizer, batch, cfg, device, pos.step + 1)
+                in_step += time.monotonic() - step_start
                 pos.step += 1
                 pos.batch += 1
                 window_steps += 1
@@ -1164,6 +1166,9 @@ def _fit_locked(
                     logged["train/lr"] = optimizer.param_groups[0]["lr"]
                     logged["train/images_per_s"] = window_steps * cfg.train.batch_size / elapsed
                     logged["train/data_wait_fraction"] = min(data_wait / elapsed, 1.0)
+                    # wall time outside the optimiser step (data wait, logging, checkpoints, validation): how far
+                    # the end-to-end rate is from the step rate `md2bench bench` measures
+                    logged["train/outside_step_fraction"] = min(max(1.0 - in_step / elapsed, 0.0), 1.0)
                     logged["train/epoch"] = pos.epoch + pos.batch / steps_per_epoch
                     if device.type == "cuda":
                         logged["system/gpu_max_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -1172,7 +1177,7 @@ def _fit_locked(
                     bar.set_postfix(loss=f"{logged['train/loss']:.4f}", epoch=pos.epoch, refresh=False)
                     logger.info("step %d epoch %d loss %.5f lr %.3g %.1f img/s", pos.step, pos.epoch,
                                 logged["train/loss"], logged["train/lr"], logged["train/images_per_s"])
-                    sums, window_start, window_steps, data_wait = {}, time.monotonic(), 0, 0.0
+                    sums, window_start, window_steps, data_wait, in_step = {}, time.monotonic(), 0, 0.0, 0.0
                 if pos.step >= total_steps or stop.signal is not None:
                     break
                 if time.monotonic() - last_save > CHECKPOINT_EVERY_S:

@@ -274,6 +274,10 @@ def test_short_training_learns_and_is_tracked(worlds: dict[str, Path], tmp_path:
         assert client.get_metric_history(result.run_id, key), key
     waits = [m.value for m in client.get_metric_history(result.run_id, "train/data_wait_fraction")]
     assert len(waits) == len(loss_steps) and all(0.0 <= w <= 1.0 for w in waits)
+    # the share of wall time outside the optimiser step includes the time blocked on the loader
+    outside = [m.value for m in client.get_metric_history(result.run_id, "train/outside_step_fraction")]
+    assert len(outside) == len(loss_steps) and all(0.0 <= o <= 1.0 for o in outside)
+    assert all(o >= w - 1e-9 for o, w in zip(outside, waits))
     metrics = run.data.metrics
     for name in ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3", "ratio_mean", "ratio_std"):
         assert metrics[f"test/{name}"] == pytest.approx(result.test_metrics[f"test/{name}"])
