@@ -12,11 +12,11 @@ This isolates the pose network's learning from the joint depth-pose problem. It 
 training from scratch" finding was measured: with auto-masking from the first step the pose net stays sideways
 even with exact depth; without it (or with ``loss.automask_warmup_steps``) it finds the forward motion.
 
-    python experiments/pose_probe.py --steps 200 data.path=.md2bench_cache/synth/default        # reference
-    python experiments/pose_probe.py --steps 200 loss.automask=false data.path=...              # no auto-mask
+    python experiments/pose_probe.py --steps 200                          # the reference: auto-masking on
+    python experiments/pose_probe.py --steps 200 loss.automask=false      # auto-masking off
 
 Overrides are ``md2bench train`` overrides on the ``synth`` preset; the defaults are the CPU grids' size
-(192×64, batch 8, the ``default`` world, CPU).
+(192×64, batch 8, the ``default`` world, rendered into the cache on first use as training does, CPU).
 """
 
 from __future__ import annotations

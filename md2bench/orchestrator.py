@@ -53,6 +53,7 @@ import numpy as np
 
 from md2bench.config import KEY_DEFAULTS, Config
 from md2bench.grid import Grid, RunSpec
+from md2bench.files import write_text_atomic
 from md2bench.progress import read_progress_file
 from md2bench.tracking import (END_INTERRUPTED, FLAG_TAG, RUN_KEY_TAG, Claim, Heartbeat, MLflowTracker, git_commit,
                                resolve_uri)
@@ -372,11 +373,7 @@ def write_launch_config(spec: RunSpec, device: str, tag: str) -> Path:
     cfg = spec.config.override({"train.device": device})
     run_dir = spec.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / f"launch-{tag}.toml"
-    tmp = run_dir / f".launch-{tag}.toml.tmp"
-    tmp.write_text(cfg.to_toml())
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(run_dir / f"launch-{tag}.toml", cfg.to_toml())
 
 
 # --------------------------------------------------------------------------------------------- progress
@@ -775,7 +772,7 @@ def run_grid(
         outcomes = []
         for item in items:
             outcomes.append(RunOutcome(item.spec, state=SKIPPED, message=item.reason))
-            out.write(f"skip   {item.spec.run_name} ({item.spec.run_key}): {item.reason}\n")
+            out.write(_skip_line(item) + "\n")
         parents = tracker.find_runs(grid.name, tags={"md2bench.kind": "grid"})
         newest = max(parents, key=lambda r: r.info.start_time or 0).info.run_id if parents else None
         out.write(f"grid {grid.name}: all {len(items)} runs finished; nothing to train (no new MLflow parent run)\n")
@@ -852,7 +849,7 @@ def _run_parent(
         outcomes[item.spec.run_key] = outcome
         if item.action == "skip":
             outcome.state, outcome.message = SKIPPED, item.reason
-            display.event(f"skip   {item.spec.run_name} ({item.spec.run_key}): {item.reason}")
+            display.event(_skip_line(item))
         elif item.action == "busy":
             outcome.state, outcome.message = BUSY, item.reason
             display.event(f"busy   {item.spec.run_name} ({item.spec.run_key}): {item.reason}; not started here")
@@ -1097,13 +1094,24 @@ def _table_rows(outcomes: Mapping[str, RunOutcome], active: Mapping[int, _Active
             if a.step is not None:
                 cur, total = a.step
                 step = f"{cur}/{total}" if total else str(cur)
-                if total and a.first_step is not None and cur > a.first_step[0]:
-                    rate = (cur - a.first_step[0]) / (time.monotonic() - a.first_step[1])
-                    eta = _fmt_duration((total - cur) / rate) if rate > 0 else ""
+                rate = _steps_per_s(a)
+                if total and rate:
+                    eta = _fmt_duration((total - cur) / rate)
         elif state == "queued" and o.attempts:
             state = f"queued (retry {o.attempts})"
         rows.append((o.spec.run_name, key, o.device or "-", state, step, eta))
     return rows
+
+
+def _steps_per_s(a: _Active) -> float | None:
+    """A running child's step rate since this invocation first read its progress; None before it moved."""
+    if a.step is None or a.first_step is None or a.step[0] <= a.first_step[0]:
+        return None
+    return (a.step[0] - a.first_step[0]) / max(time.monotonic() - a.first_step[1], 1e-9)
+
+
+def _skip_line(item: PlanItem) -> str:
+    return f"skip   {item.spec.run_name} ({item.spec.run_key}): {item.reason}"
 
 
 def _summary(outcomes: Mapping[str, RunOutcome], active: Mapping[int, _Active], queue: Sequence[RunOutcome]) -> str:
@@ -1138,8 +1146,7 @@ def grid_progress(outcomes: Mapping[str, RunOutcome], active: Mapping[int, _Acti
             done += steps
         elif a is not None and a.step is not None:
             done += min(a.step[0], steps)
-            if a.first_step is not None and a.step[0] > a.first_step[0]:
-                rate += (a.step[0] - a.first_step[0]) / max(time.monotonic() - a.first_step[1], 1e-9)
+            rate += _steps_per_s(a) or 0.0
     if not total:
         return ""
     images = [a.images_per_s for a in active.values() if a.images_per_s is not None and a.phase == "train"]

@@ -11,11 +11,13 @@ rate over the last interval (None before the first); ``time`` is the wall-clock 
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from md2bench.files import write_json_atomic
 
 PROGRESS_NAME = "progress.json"
 PROGRESS_EVERY_S = 2.0
@@ -37,11 +39,7 @@ def write_progress(run_dir: Path, progress: Progress) -> None:
     """Atomically write ``progress`` into ``run_dir / PROGRESS_NAME``."""
     if progress.phase not in PHASES:
         raise ValueError(f"unknown phase {progress.phase!r} (valid: {', '.join(PHASES)})")
-    path = Path(run_dir) / PROGRESS_NAME
-    tmp = path.with_name(f".{PROGRESS_NAME}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"step": progress.step, "total": progress.total, "phase": progress.phase,
-                               "images_per_s": progress.images_per_s, "time": progress.time}))
-    os.replace(tmp, path)
+    write_json_atomic(Path(run_dir) / PROGRESS_NAME, dataclasses.asdict(progress))
 
 
 def read_progress_file(run_dir: Path) -> Progress | None:

@@ -64,6 +64,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from md2bench.checkpoint import config_from_checkpoint, load_checkpoint, save_checkpoint
 from md2bench.config import NON_SEMANTIC, Config
+from md2bench.files import write_json_atomic
 from md2bench.progress import ProgressWriter
 
 # The method, data, models and evaluation modules are imported inside ``fit``: the orchestrator and the CLI
@@ -649,15 +650,9 @@ def _read_done(run_dir: Path) -> RunResult:
     )
 
 
-def _write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
-
 def _write_run_id(run_dir: Path, run_id: str, tracking_uri: str, experiment_id: str) -> None:
     """Persist the MLflow run id in ``<run_dir>/mlflow_run.json`` (before the first step)."""
-    _write_json_atomic(run_dir / RUN_ID_NAME, {"run_id": run_id, "tracking_uri": tracking_uri,
+    write_json_atomic(run_dir / RUN_ID_NAME, {"run_id": run_id, "tracking_uri": tracking_uri,
                                                "experiment_id": experiment_id, "written_at": time.time()})
 
 
@@ -1225,7 +1220,7 @@ def _fit_locked(
                 last = save_checkpoint(Path(tmp) / "last.pt", slim)
                 run.log_artifact(last, "checkpoints")
             run.log_artifact(run_dir / LOG_NAME)
-        _write_json_atomic(run_dir / DONE_NAME, {
+        write_json_atomic(run_dir / DONE_NAME, {
             "run_id": run_id, "run_key": cfg.run_key, "name": cfg.name, "steps": pos.step,
             "test_metrics": test_metrics, "val_history": val_history, "finished_at": time.time(),
         })
@@ -1240,7 +1235,7 @@ def _fit_locked(
                                       steps_per_epoch)
         logger.error(message)
         with contextlib.suppress(OSError):
-            _write_json_atomic(run_dir / DIVERGED_NAME, {
+            write_json_atomic(run_dir / DIVERGED_NAME, {
                 "error": str(exc), "step": exc.step, "run_id": run_id, "lr": cfg.train.lr,
                 "checkpoint_step": saved_step, "at": time.time()})
         life.end("FAILED", "non-finite", str(exc))

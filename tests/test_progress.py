@@ -59,3 +59,27 @@ def test_the_grid_bar_reads_the_trainers_progress_files(tmp_path: Path) -> None:
     _update_progress(active)
     assert active.phase == "evaluate" and " img/s now" not in grid_progress(outcomes, {0: active})
     assert json.loads((run_dir / PROGRESS_NAME).read_text())["phase"] == "evaluate"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("automask", [True, False])
+def test_pose_probe_script_runs_on_a_tiny_world(tmp_path: Path, automask: bool) -> None:
+    """experiments/pose_probe.py (the README's monocular finding) as a user runs it: a real subprocess on a tiny
+    rendered world, one JSON line per report, the auto-mask share only where auto-masking is on."""
+    import subprocess
+    import sys
+
+    from md2bench.data.synthetic import render_world
+
+    world = render_world(tmp_path / "tiny", preset="tiny", progress=False).root
+    script = Path(__file__).resolve().parents[1] / "experiments" / "pose_probe.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--steps", "4", "--every", "2", f"data.path={world}", "data.synth_preset=tiny",
+         "data.height=64", "data.width=160", "train.batch_size=2", f"loss.automask={str(automask).lower()}"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [line["step"] for line in lines] == [2, 4]
+    for line in lines:
+        assert -1.0 <= line["t_cos"] <= 1.0 and line["abs_cx"] >= 0.0 and line["loss"] > 0.0
+        assert (line["automask"] is not None) == automask
