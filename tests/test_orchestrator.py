@@ -45,6 +45,7 @@ from md2bench.orchestrator import (
     train_command,
 )
 from md2bench.tracking import MLflowTracker
+from tests.conftest import release_when_passing
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -207,7 +208,7 @@ def _parents(tracker: MLflowTracker, experiment: str) -> list:
 
 
 @pytest.fixture(scope="module")
-def smoke_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def smoke_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Path]:
     """The smoke grid run once through the CLI in a fresh working directory."""
     from typer.testing import CliRunner
 
@@ -220,6 +221,7 @@ def smoke_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         (work / "first.out").write_text(result.output)
         assert result.exit_code == 0, result.output
         yield work
+    release_when_passing(request, work)
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from md2bench import report
 from md2bench.paper import METRICS
+from tests.conftest import release_when_passing
 
 GRID = """
 name = "report-test"
@@ -93,7 +94,7 @@ def test_newest_finished_run_per_row_and_seed_wins() -> None:
 
 # ============================================================================================ a real store
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def store(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     from md2bench.data.synthetic import render_world
     from md2bench.grid import load_grid
     from md2bench.tracking import MLflowTracker
@@ -120,8 +121,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     parent.end()
     out = base / "out"
     built = report.build_report(grid_path, out=out, tracking_uri=uri)
-    return {"base": base, "uri": uri, "grid": grid, "grid_path": grid_path, "parent": parent.run_id,
-            "report": built, "out": out}
+    yield {"base": base, "uri": uri, "grid": grid, "grid_path": grid_path, "parent": parent.run_id,
+           "report": built, "out": out}
+    release_when_passing(request, base)
 
 
 def _finished_metrics(uri: str, experiment: str) -> dict[str, list[dict[str, float]]]:

@@ -13,13 +13,14 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from typer.testing import CliRunner
 
 from md2bench import tune
 from md2bench.config import load_config
+from tests.conftest import release_when_passing
 
 SPACE = """
 [objective]
@@ -134,7 +135,7 @@ def test_dead_trials_are_failed_and_requeued_once(tmp_path: Path) -> None:
 
 # ============================================================================================ a real study
 @pytest.fixture(scope="module")
-def study_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def study_env(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     from md2bench.data.synthetic import render_world
 
     base = tmp_path_factory.mktemp("tune")
@@ -148,7 +149,8 @@ def study_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
     env["first"] = tune.run_study("tiny", space, study_name="tiny-study", trials=3, overrides=env["overrides"],
                                   tracking_uri=env["uri"], gpus="cpu", seed=0, export=env["export"])
-    return env
+    yield env
+    release_when_passing(request, base)
 
 
 def _mlflow_trials(uri: str, study_run_id: str) -> list[Any]:
