@@ -54,7 +54,7 @@ import numpy as np
 from md2bench.config import KEY_DEFAULTS, Config
 from md2bench.grid import Grid, RunSpec
 from md2bench.files import write_text_atomic
-from md2bench.progress import read_progress_file
+from md2bench.train.rundir import read_progress as read_progress_file
 from md2bench.tracking import (END_INTERRUPTED, FLAG_TAG, RUN_KEY_TAG, Claim, Heartbeat, MLflowTracker, git_commit,
                                resolve_uri)
 

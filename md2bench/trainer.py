@@ -65,7 +65,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from md2bench.checkpoint import config_from_checkpoint, load_checkpoint, save_checkpoint
 from md2bench.config import NON_SEMANTIC, Config
 from md2bench.files import write_json_atomic
-from md2bench.progress import ProgressWriter
+from md2bench.train.rundir import ProgressWriter
 
 # The method, data, models and evaluation modules are imported inside ``fit``: the orchestrator and the CLI
 # import this module for its exit codes and ``RunBusyError`` without paying for the whole stack.
