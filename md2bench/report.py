@@ -35,7 +35,7 @@ import pandas as pd
 from md2bench.findings import RULE, Verdict, judge, series_of
 from md2bench.paper import LOWER_IS_BETTER, METRIC_LABELS, METRICS
 from md2bench.regions import REGION_NAMES, lower_is_better
-from md2bench.tracking import TAG, MLflowTracker, TrackedRun
+from md2bench.tracking import TAG, MLflowTracker
 
 # Columns of the paper's table, in its order; keys as in ``md2bench.grid.FLAG_KEYS``.
 FLAG_LABELS: Mapping[str, str] = {
@@ -153,7 +153,7 @@ def resolve_target(target: str | Path, tracker: MLflowTracker) -> tuple[str, Any
         return grid.name, grid
     name = str(target)
     if tracker.experiment_id(name, create=False) is None:
-        existing = sorted(e.name for e in tracker.client.search_experiments())
+        existing = tracker.experiment_names()
         raise ReportError(
             f"no grid file and no MLflow experiment called {name!r} in {tracker.uri}; experiments there: "
             f"{', '.join(existing) or 'none'} (pass one of them, a grid name from experiments/, or "
@@ -997,7 +997,7 @@ def log_floors(tracker: MLflowTracker, experiment: str, grid_name: str, metrics:
     if not parents or not metrics:
         return None
     run = parents[0]
-    TrackedRun(tracker.client, run.info.run_id, run.info.experiment_id).log_metrics(metrics, step=0)
+    tracker.run(run.info.run_id).log_metrics(metrics, step=0)
     return run.info.run_id
 
 
@@ -1167,8 +1167,9 @@ def log_report(tracker: MLflowTracker, experiment: str, grid_name: str, files: I
     if not parents:
         return None
     run_id = parents[0].info.run_id
+    run = tracker.run(run_id)
     for path in files:
-        tracker.client.log_artifact(run_id, str(path), "report")
+        run.log_artifact(path, "report")
     return run_id
 
 

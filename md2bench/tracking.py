@@ -39,7 +39,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, TypeVar
 
 from md2bench.errors import ActionableError, exception_chain
 
@@ -409,8 +409,36 @@ class TrackedRun:
         return self.client.get_run(self.run_id).info.artifact_uri
 
 
+class Tracker(Protocol):
+    """What md2bench asks of a tracking store: the trainer (``fit``), orchestrator, tuner and report take a
+    ``Tracker``; ``MLflowTracker`` is the implementation. Nothing outside this module touches MLflow's client."""
+
+    uri: str
+
+    def require_writable(self) -> None: ...
+    def store_lock(self, timeout_s: float = STORE_LOCK_TIMEOUT_S) -> contextlib.AbstractContextManager[None]: ...
+    def experiment_id(self, name: str = DEFAULT_EXPERIMENT, create: bool = True) -> str | None: ...
+    def experiment_names(self) -> list[str]: ...
+    def start_run(self, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
+                  tags: Mapping[str, Any] | None = None, parent_run_id: str | None = None) -> TrackedRun: ...
+    def resume_run(self, run_id: str) -> TrackedRun: ...
+    def run(self, run_id: str) -> TrackedRun: ...
+    def get_run(self, run_id: str) -> Any: ...
+    def find_runs(self, experiment: str | Iterable[str] | None = None, tags: Mapping[str, Any] | None = None,
+                  statuses: Iterable[str] | None = None, parent_run_id: str | None = None,
+                  max_results: int = 5000) -> list[Any]: ...
+    def live_claim(self, run_key: str, now: float | None = None) -> Claim | None: ...
+    def reap_stale_runs(self, experiment: str | Iterable[str] | None = None, tags: Mapping[str, Any] | None = None,
+                        keep: Iterable[str] = (), now: float | None = None) -> list[Claim]: ...
+    def claim_run_key(self, run_key: str, *, experiment: str, adopt_run_id: str | None,
+                      new_run: Callable[[], TrackedRun], run_dir: str | Path | None = None,
+                      skip_if_finished: bool = True) -> tuple[TrackedRun | None, str | None]: ...
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]: ...
+    def download_artifact(self, run_id: str, path: str, dst: str | Path) -> Path: ...
+
+
 class MLflowTracker:
-    """The MLflow implementation of md2bench's tracking interface.
+    """The MLflow implementation of md2bench's tracking interface (``Tracker``).
 
     Args:
         uri: tracking URI (see ``resolve_uri``).
@@ -531,8 +559,16 @@ class MLflowTracker:
         self.client.update_run(run_id, status="RUNNING")
         return TrackedRun(self.client, run_id, run.info.experiment_id)
 
+    def run(self, run_id: str) -> TrackedRun:
+        """A handle on an existing run, to write into it without changing its status."""
+        return TrackedRun(self.client, run_id, self.client.get_run(run_id).info.experiment_id)
+
     def get_run(self, run_id: str) -> Any:
         return self.client.get_run(run_id)
+
+    def experiment_names(self) -> list[str]:
+        """The names of the store's experiments, sorted."""
+        return sorted(e.name for e in self.client.search_experiments())
 
     def find_runs(
         self,

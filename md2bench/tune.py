@@ -54,11 +54,9 @@ from md2bench.tracking import (
     END_FINISHED,
     END_INTERRUPTED,
     END_OWNER_GONE,
-    END_REASON_TAG,
     TAG,
     Heartbeat,
     MLflowTracker,
-    TrackedRun,
     resolve_uri,
 )
 
@@ -513,9 +511,9 @@ def _close_dead_runs(tracker: MLflowTracker, spec: WorkerSpec, numbers: Sequence
     for number in numbers:
         for run in tracker.find_runs(spec.experiment, tags={TAG + "study": spec.study_name, TAG + "trial": number},
                                      statuses=("RUNNING",)):
-            tracker.client.set_tag(run.info.run_id, TAG + "trial_state", "FAIL")
-            tracker.client.set_tag(run.info.run_id, END_REASON_TAG, END_OWNER_GONE)
-            tracker.client.set_terminated(run.info.run_id, "KILLED")
+            dead = tracker.run(run.info.run_id)
+            dead.set_tags({TAG + "trial_state": "FAIL"})
+            dead.end("KILLED", END_OWNER_GONE)
 
 
 def make_objective(spec: WorkerSpec, tracker: MLflowTracker) -> Callable[[Any], float]:
@@ -560,7 +558,7 @@ def make_objective(spec: WorkerSpec, tracker: MLflowTracker) -> Callable[[Any], 
             trial.set_user_attr(RUN_ID_ATTR, result.run_id)
         state = {"FINISHED": "COMPLETE", "PRUNED": "PRUNED"}.get(result.status, "FAIL")
         if result.run_id:
-            tracker.client.set_tag(result.run_id, TAG + "trial_state", state)
+            tracker.run(result.run_id).set_tags({TAG + "trial_state": state})
         if result.status == "KILLED":  # Ctrl-C / SIGTERM: checkpoint written; stop tuning, resume it next time
             raise TrialInterrupted(trial.number, result.message)
         if state == "PRUNED":
@@ -571,7 +569,7 @@ def make_objective(spec: WorkerSpec, tracker: MLflowTracker) -> Callable[[Any], 
             raise TuneError(f"trial {trial.number}: the run reported no validation; set train.val_batches >= 0")
         value = _val_value(result.val_history[-1], space.metric)
         if result.run_id:
-            tracker.client.log_metric(result.run_id, "tune/objective", value)
+            tracker.run(result.run_id).log_metrics({"tune/objective": value}, step=0)
         return value
 
     return objective
@@ -753,7 +751,7 @@ def run_study(
     tracker.require_writable()
     tracker.reap_stale_runs(study_name, tags={TAG + "kind": "trial"})  # trials left RUNNING by dead processes
     study_run_id = _study_run(tracker, study_name, study_name, spec_storage, search, base)
-    study_run = TrackedRun(tracker.client, study_run_id, tracker.get_run(study_run_id).info.experiment_id)
+    study_run = tracker.run(study_run_id)
     study_run.claim_tags()
     beat = Heartbeat(study_run).start()
     before = len(study.trials)
@@ -907,16 +905,16 @@ def finish_study_run(tracker: MLflowTracker, run_id: str, study: Any, space: Sea
     from optuna.trial import TrialState
 
     notes: list[str] = []
-    client = tracker.client
+    run = tracker.run(run_id)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         frame = trials_frame(study)
         frame.to_csv(folder / "trials.csv", index=False)
-        client.log_artifact(run_id, str(folder / "trials.csv"))
+        run.log_artifact(folder / "trials.csv")
         fig = plot_history(study, space.direction)
         for suffix in ("png", "pdf"):
             fig.savefig(folder / f"history.{suffix}", dpi=150)
-            client.log_artifact(run_id, str(folder / f"history.{suffix}"))
+            run.log_artifact(folder / f"history.{suffix}")
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if len(complete) < 2:
             notes.append(f"parameter importance needs >= 2 complete trials (have {len(complete)}); plot skipped")
@@ -925,7 +923,7 @@ def finish_study_run(tracker: MLflowTracker, run_id: str, study: Any, space: Sea
                 fig = plot_importance(study)
                 for suffix in ("png", "pdf"):
                     fig.savefig(folder / f"importance.{suffix}", dpi=150)
-                    client.log_artifact(run_id, str(folder / f"importance.{suffix}"))
+                    run.log_artifact(folder / f"importance.{suffix}")
             except Exception as exc:  # noqa: BLE001 - e.g. every complete trial drew the same values
                 notes.append(f"parameter importance skipped: {type(exc).__name__}: {exc}")
     counts = {s.name.lower(): 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
@@ -937,10 +935,7 @@ def finish_study_run(tracker: MLflowTracker, run_id: str, study: Any, space: Sea
     best = _best_trial(study)
     if best is not None:
         metrics["best_value"] = float(best.value)
-        client.set_tag(run_id, TAG + "best_trial", str(best.number))
-        for key, value in best.params.items():
-            client.set_tag(run_id, f"{TAG}best.{key}", str(value))
-    run = TrackedRun(client, run_id, client.get_run(run_id).info.experiment_id)
+        run.set_tags({TAG + "best_trial": str(best.number), **{f"{TAG}best.{k}": str(v) for k, v in best.params.items()}})
     run.log_metrics(metrics, step=step)
     if notes:
         run.log_text("\n".join(notes) + "\n", "notes.txt")
