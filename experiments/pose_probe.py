@@ -6,7 +6,7 @@ of the depth network's output (scaled to network units and by ``--depth-scale``)
 exact poses: ``t_cos`` (cosine between predicted and true camera displacement), ``|c_x|`` (mean absolute
 sideways component of the predicted displacement, network units) and ``c_z`` (mean forward component, signed
 so that forward is positive for every source). The loss, the networks, the data and the optimiser are
-md2bench's own (``md2bench.method``, ``md2bench.trainer``); only the depth is replaced. One JSON line per report.
+md2bench's own (``md2bench.method``, ``md2bench.train``); only the depth is replaced. One JSON line per report.
 
 This isolates the pose network's learning from the joint depth-pose problem. It is how README's "Monocular
 training from scratch" finding was measured: with auto-masking from the first step the pose net stays sideways
@@ -30,11 +30,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from md2bench import method, trainer
+from md2bench import method
 from md2bench.config import load_config
 from md2bench.data.kitti import KITTI_BASELINE, build_dataset
 from md2bench.metrics import relative_pose_errors
 from md2bench.models import build_models
+from md2bench.train.device import make_optimizer, prepare_models
+from md2bench.train.loop import resolve_data
+from md2bench.train.state import seed_everything
 
 DEFAULTS = ["data.synth_preset=default", "data.height=64", "data.width=192", "train.batch_size=8",
             "train.device=cpu", "model.pretrained=scratch"]
@@ -63,11 +66,11 @@ def main() -> None:
     cfg = load_config("synth", DEFAULTS + list(args.overrides))
     if cfg.model.pose_source != "net" or cfg.data.dataset != "synthetic":
         raise SystemExit("the probe needs the learned pose net (model.pose_source=net) on the synthetic world")
-    cfg = trainer._resolve_data(cfg)  # renders the world on first use, as training does
-    trainer.seed_everything(cfg.train.seed)
+    cfg = resolve_data(cfg)  # renders the world on first use, as training does
+    seed_everything(cfg.train.seed)
     device = torch.device("cpu")
-    models = trainer.prepare_models(build_models(cfg), cfg, device)
-    optimizer = trainer.make_optimizer(models, cfg)
+    models = prepare_models(build_models(cfg), cfg, device)
+    optimizer = make_optimizer(models, cfg)
     data = build_dataset(cfg, "train", load_depth=True)
     if hasattr(data, "set_epoch"):
         data.set_epoch(0)

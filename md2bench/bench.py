@@ -5,7 +5,7 @@ dominate):
 
 - ``train_images_per_s``: the full training step with the batch already in memory on the device — both
   networks forward, every warp and loss term, backward, Adam step — as ``batch_size / median step time``.
-- ``reference_images_per_s`` (part ``reference``): the same step computed by ``method.reference_loss``, the
+- ``reference_images_per_s`` (part ``reference``): the same step computed by ``reference.reference_loss``, the
   straightforward per-source, per-scale formulation the reference code uses, on the same machine, so the
   speed-up of the optimised step is measured rather than claimed.
 - ``loader_images_per_s``: the training data loader reading the synthetic world from disk with augmentation
@@ -29,7 +29,7 @@ from typing import Any, Callable
 import torch
 
 from md2bench.config import Config
-from md2bench.trainer import resolve_device
+from md2bench.train.device import resolve_device
 
 
 def _sync(device: torch.device) -> None:
@@ -80,11 +80,12 @@ def make_train_step(cfg: Config, formulation: str = "optimised") -> Callable[[],
 
     The optimised formulation is the trainer's own ``train_step`` with the networks prepared and the optimiser
     built as ``fit`` does (memory format, compilation, fused Adam, autocast), so the benchmark times what
-    training runs. ``formulation="reference"`` computes the same loss with ``method.reference_loss``.
+    training runs. ``formulation="reference"`` computes the same loss with ``reference.reference_loss``.
     """
-    from md2bench import method
+    from md2bench import method, reference
     from md2bench.models import build_models
-    from md2bench.trainer import autocast_for, make_optimizer, prepare_models, train_step
+    from md2bench.train.device import autocast_for, make_optimizer, prepare_models
+    from md2bench.train.step import train_step
 
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
@@ -100,7 +101,7 @@ def make_train_step(cfg: Config, formulation: str = "optimised") -> Callable[[],
         optimiser.zero_grad(set_to_none=True)
         with autocast_for(device, cfg):  # same forward pass, the loss the reference's way (per source, scale)
             inputs = method.prepare_inputs(batch, cfg, device)
-            loss = method.reference_loss(method.forward(models, inputs, cfg), inputs, cfg)[0]
+            loss = reference.reference_loss(method.forward(models, inputs, cfg), inputs, cfg)[0]
         loss.backward()
         optimiser.step()
 
@@ -175,11 +176,17 @@ def measure_concurrent(cfg_toml: str, k: int, steps: int, warmup: int, device: s
     return {"k": k, "total_images_per_s": sum(totals), "per_run_images_per_s": totals}
 
 
+PARTS = ("train", "loader", "render", "reference")
+
+
 def run_benchmark(
     cfg: Config, steps: int = 10, warmup: int = 3, parts: list[str] | None = None, concurrent: list[int] | None = None
 ) -> dict[str, Any]:
-    """Run the selected measurements; returns a flat JSON-ready dict."""
+    """Run the selected measurements; returns a flat JSON-ready dict. ``ValueError`` names an unknown part."""
     parts = parts or ["train", "loader", "render"]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f"unknown bench part(s) {', '.join(map(repr, unknown))}; choose from {', '.join(PARTS)}")
     device = resolve_device(cfg.train.device)
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",

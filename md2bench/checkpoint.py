@@ -1,6 +1,6 @@
 """Checkpoints: atomic writes, full resume state, and loading a trained model for inference.
 
-A training checkpoint is one ``torch.save`` dict (see ``md2bench.trainer`` for what it holds: model state
+A training checkpoint is one ``torch.save`` dict (see ``md2bench.train.state`` for what it holds: model state
 dicts, optimiser, scheduler, epoch, step, batch position, RNG states, config, MLflow run id). Everything in
 it is a tensor, a number, a string, or a list / tuple / dict of those, so it loads with
 ``torch.load(weights_only=True)``: opening a checkpoint never runs pickled code.

@@ -167,10 +167,13 @@ def bench_cmd(
     options = (("data.height", height), ("data.width", width), ("train.batch_size", batch_size),
                ("train.device", device))
     cfg = _load_config_args(args, [f"{key}={value}" for key, value in options if value is not None])
-    result = bench.run_benchmark(
-        cfg, steps=steps, warmup=warmup, parts=[p.strip() for p in parts.split(",") if p.strip()],
-        concurrent=[int(k) for k in concurrent.split(",") if k.strip()],
-    )
+    try:
+        result = bench.run_benchmark(
+            cfg, steps=steps, warmup=warmup, parts=[p.strip() for p in parts.split(",") if p.strip()],
+            concurrent=[int(k) for k in concurrent.split(",") if k.strip()],
+        )
+    except ValueError as exc:  # an unknown part, or --concurrent that is not a list of integers
+        _fail(f"{exc} (see md2bench bench --help)")
     typer.echo(bench.format_result(result))
     if as_json:
         import json
@@ -220,32 +223,34 @@ def train_cmd(
     """
     import signal
 
+    from md2bench.train import rundir  # torch-free: the exit codes before the heavy imports
+
     # Until fit installs its own handlers, SIGTERM (the orchestrator's or Slurm's stop) acts as Ctrl-C: a stop
     # during the imports exits 75 (interrupted, resumable) rather than dying of the signal or click's exit 1.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        from md2bench import trainer
         from md2bench.models.encoder import WeightsNotFoundError
         from md2bench.tracking import MLflowTracker
+        from md2bench.train.loop import fit
     except KeyboardInterrupt:
-        _fail("interrupted during start-up; run the same command to resume", 75)  # trainer.EXIT_INTERRUPTED
+        _fail("interrupted during start-up; run the same command to resume", rundir.EXIT_INTERRUPTED)
 
     cfg = _load_config_args(args)
     _quiet_unless(debug)
     try:
         tracker = MLflowTracker(tracking_uri)
-        result = trainer.fit(
+        result = fit(
             cfg, tracker, experiment=experiment, run_name=run_name, tags=_parse_tags(list(tag or [])),
             parent_run_id=parent_run_id, resume=resume, progress=progress,
         )
     except WeightsNotFoundError as exc:
-        _fail(str(exc), trainer.EXIT_BLOCKED)
-    except trainer.RunBusyError as exc:
-        _fail(str(exc), trainer.EXIT_BUSY)
+        _fail(str(exc), rundir.EXIT_BLOCKED)
+    except rundir.RunBusyError as exc:
+        _fail(str(exc), rundir.EXIT_BUSY)
     except KeyboardInterrupt:
-        _fail("interrupted; the last checkpoint is kept, run the same command to resume", trainer.EXIT_INTERRUPTED)
+        _fail("interrupted; the last checkpoint is kept, run the same command to resume", rundir.EXIT_INTERRUPTED)
     except Exception as exc:  # the traceback is in <run_dir>/train.log
-        _fail_on(exc, debug, trainer.EXIT_FAILED, tracking_uri)
+        _fail_on(exc, debug, rundir.EXIT_FAILED, tracking_uri)
     typer.echo(f"{result.status}: {result.message}")
     typer.echo(f"run folder: {result.run_dir}   MLflow run: {result.run_id}   store: {tracker.uri}")
     if result.test_metrics:
@@ -295,7 +300,7 @@ def evaluate_cmd(
     """Evaluate a trained checkpoint (or a no-learning floor) with the standard depth protocol; print the metrics."""
     from md2bench.checkpoint import CheckpointError, load_for_inference
     from md2bench.evaluate import evaluate_depth
-    from md2bench.trainer import resolve_device
+    from md2bench.train.device import resolve_device
 
     if (checkpoint is None) == (floor is None):
         _fail("give exactly one of --checkpoint PATH (a trained model) or --floor constant|row_prior")
@@ -366,7 +371,7 @@ def run_ablation_cmd(
     """
     from md2bench.config import ConfigError, parse_overrides
     from md2bench.grid import GridError, load_grid
-    from md2bench.orchestrator import OrchestratorError, run_grid
+    from md2bench.launch import OrchestratorError, run_grid
 
     _quiet_unless(debug)
     try:
@@ -382,7 +387,7 @@ def run_ablation_cmd(
                 retries=retries, tracking_uri=tracking_uri, dry_run=dry_run,
             )
         elif backend == "slurm":
-            from md2bench.slurm import run_grid_slurm
+            from md2bench.launch.slurm import run_grid_slurm
 
             result = run_grid_slurm(
                 grid, seeds=seeds, rows=rows or None, tracking_uri=tracking_uri, partition=partition,

@@ -71,27 +71,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from md2bench.config import PRESETS, Config, ConfigError, load_config, preset_path, valid_keys
+from md2bench.names import DEPTH_METRICS as METRICS
+from md2bench.names import FLAG_KEYS
 from md2bench.regions import SUBSET_NAMES, metric_names
 
-# The paper's ✓/✗ columns a row may carry (report column order).
-FLAG_KEYS: tuple[str, ...] = (
-    "automask",  # AM: auto-masking of stationary pixels
-    "min_reprojection",  # MR: per-pixel minimum reprojection
-    "full_res",  # FR: full-resolution multi-scale
-    "pretrained",  # PT: ImageNet-pretrained encoder
-    "full_eigen",  # FE: trained on the full Eigen split instead of Zhou's subset
-    "zhou_mask",  # Zhou et al.'s predictive (explainability) mask
-    "ssim",  # SSIM in the photometric error
-    "stereo",  # stereo supervision (S / MS)
-    "mono",  # monocular supervision (M / MS)
-    "small_res",  # 416×128 input
-    "high_res",  # 1024×320 input
-    "resnet50",  # ResNet-50 encoder
-    "gt_pose",  # the world's exact camera poses in place of the pose network (synthetic only)
-    "automask_warmup",  # auto-masking starts after loss.automask_warmup_steps steps (monocular from scratch)
-)
-# The seven depth metrics a row's ``paper`` table may give (names as in ``md2bench.metrics``).
-METRICS: tuple[str, ...] = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
+# The ✓/✗ columns a row may carry (report column order) and the seven depth metrics: md2bench.names.
 
 _TOP_KEYS = ("name", "description", "base", "seeds", "paper_table", "set", "rows", "findings")
 _ROW_KEYS = ("name", "label", "flags", "set", "paper")

@@ -22,6 +22,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from md2bench.names import DEPTH_METRICS, POSE_METRICS
+
 # Predictions are clamped to this range before the metrics, and the Eigen split only scores GT inside it
 # (reference evaluate_depth.py: MIN_DEPTH = 1e-3, MAX_DEPTH = 80; 80 m is the usual KITTI cap since Eigen et
 # al. 2014 - the velodyne returns beyond it are sparse and noisy).
@@ -47,7 +49,7 @@ GARG_CROP_RIGHT: float = 0.96405229
 # δ thresholds of a1, a2, a3 (Eigen et al. 2014): δ = max(g/p, p/g) < 1.25^k.
 DELTA_BASE: float = 1.25
 
-METRIC_NAMES: tuple[str, ...] = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
+METRIC_NAMES: tuple[str, ...] = DEPTH_METRICS
 LOWER_IS_BETTER: frozenset[str] = frozenset({"abs_rel", "sq_rel", "rmse", "rmse_log"})
 
 
@@ -299,7 +301,7 @@ def relative_gt_poses(cam_to_world: np.ndarray) -> np.ndarray:
                      for i in range(1, len(cam_to_world))])
 
 
-POSE_METRIC_NAMES: tuple[str, ...] = ("t_cos", "rot_deg", "ate")
+POSE_METRIC_NAMES: tuple[str, ...] = POSE_METRICS
 
 
 def relative_pose_errors(T_pred: np.ndarray, T_gt: np.ndarray, min_motion: float = 1e-6) -> dict[str, np.ndarray]:

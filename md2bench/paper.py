@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-METRICS: tuple[str, ...] = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
+from md2bench.names import DEPTH_METRICS, PAPER_FLAGS
+
+METRICS: tuple[str, ...] = DEPTH_METRICS
 """The seven depth metrics in the paper's column order."""
 
 LOWER_IS_BETTER: Mapping[str, bool] = MappingProxyType(
@@ -42,8 +44,8 @@ METRIC_LABELS: Mapping[str, str] = MappingProxyType(
     }
 )
 
-FLAG_NAMES: tuple[str, ...] = ("auto_masking", "min_reprojection", "full_res_multiscale", "pretrained")
-"""Flag columns of Table 2 (names as in the shared CSV)."""
+FLAG_NAMES: tuple[str, ...] = PAPER_FLAGS
+"""Flag columns of Table 2 (switch keys of ``md2bench.names``; the shared CSV's columns: ``names.PAPER_COLUMNS``)."""
 
 # Config overrides of the ablation switches, relative to the full model (the ``paper`` preset).
 _BASELINE = {"loss.multiscale": "per_scale", "loss.automask": False, "loss.reprojection": "avg"}
@@ -59,7 +61,7 @@ class PaperRow:
         key: stable identifier (``"monodepth2_full"``), what grids and reports refer to.
         name: the row as printed.
         table: where it is printed, e.g. ``"Table 2 (a)"``.
-        flags: the Table 2 flag columns (``auto_masking``, ``min_reprojection``, ``full_res_multiscale``,
+        flags: the Table 2 flag columns (``automask``, ``min_reprojection``, ``full_res``,
             ``pretrained``).
         metrics: the seven metrics (see ``METRICS``).
         overrides: dotted config overrides on top of the ``paper`` preset that reproduce the row.

@@ -16,14 +16,13 @@ them as ``test/<subset>/<metric>``.
 
 from __future__ import annotations
 
+from md2bench.names import DEPTH_METRICS
+
 REGION_NAMES: tuple[str, ...] = ("occluded", "comoving", "low_texture")
 """Region masks of the synthetic world, in the channel order of the batch key ``region_masks``."""
 
 SUBSET_NAMES: tuple[str, ...] = ("moving", "static") + REGION_NAMES
 """Every pixel subset with its own metrics (``moving``/``static`` come from the motion mask)."""
-
-DEPTH_METRICS: tuple[str, ...] = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
-"""The seven depth metrics (as ``md2bench.metrics.METRIC_NAMES``; repeated here to keep this module light)."""
 
 
 def metric_names() -> tuple[str, ...]:

@@ -237,7 +237,6 @@ def test_real_networks_run_through_depth_and_pose(tmp_path: Path, pose_net: str)
 def test_region_metric_names_agree_with_the_metrics_module() -> None:
     from md2bench import metrics, regions
 
-    assert regions.DEPTH_METRICS == metrics.METRIC_NAMES  # repeated in md2bench.regions to keep it import-light
     names = regions.metric_names()
     assert names[:7] == metrics.METRIC_NAMES and "occluded/abs_rel" in names and "static/a3" in names
     assert len(names) == 7 * (1 + len(regions.SUBSET_NAMES))

@@ -84,11 +84,14 @@ def test_paper_ablation_has_every_table2_row_with_the_printed_numbers() -> None:
 
 
 def test_paper_ablation_agrees_with_md2bench_paper() -> None:
-    paper = pytest.importorskip("md2bench.paper")
+    from md2bench import paper
+
     grid = load_grid("paper-ablation")
     for row in grid.rows:
         ref = paper.paper_row(row.name)  # row names are md2bench.paper keys, so reports can join them
         assert dict(row.paper) == dict(ref.metrics), row.name
+        # one vocabulary: the grid's ✓/✗ flags are the paper row's, under the same keys
+        assert {k: row.flags[k] for k in paper.FLAG_NAMES if k in row.flags} == dict(ref.flags), row.name
         # The same run: the paper preset with md2bench.paper's overrides gives the grid's run_key.
         expected = load_config("paper", {**ref.overrides, "name": row.name, "train.seed": 0})
         assert grid.config_for(row, 0).run_key == expected.run_key, row.name

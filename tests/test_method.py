@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from md2bench.config import Config
-from md2bench.geometry import pose_vec_to_mat, stereo_transform
+from md2bench.geometry import disp_to_depth, pose_vec_to_mat, stereo_transform
 from md2bench.losses import photometric_error, smoothness_loss
 from md2bench.method import (
     Outputs,
@@ -21,10 +21,10 @@ from md2bench.method import (
     forward,
     predict_disparity,
     prepare_inputs,
-    reference_loss,
     training_loss,
 )
 from md2bench.models import build_models
+from md2bench.reference import reference_loss
 
 HEIGHT, WIDTH, BATCH = 64, 64, 2
 ALL_FRAMES = (0, -1, 1, "s")  # the MS frame order; M and S batches are slices of it
@@ -192,6 +192,25 @@ def test_automask_diagnostic_is_the_fraction_where_a_warped_term_won() -> None:
     assert diag["automask"].item() == diag["automask/s0"].item()
 
 
+def test_automask_diagnostic_counts_the_pixels_where_warping_won() -> None:
+    """Sources that are the target shifted by one pixel, and the pose that undoes the shift: warping wins at
+    (almost) every pixel, so the diagnostic is near 1; an inverted mask (the identity's wins) would read near 0."""
+    cfg = _cfg(**{"data.mode": "M", "loss.multiscale": "full_res"})
+    batch = _batch(cfg)
+    target = batch["images"][:, 0]
+    shifted = torch.roll(target, shifts=1, dims=-1)  # S(u) = T(u - 1)
+    batch["images"] = torch.stack([target, shifted, shifted], 1)
+    batch["color_aug"] = torch.tensor([[1.0, 1.0, 1.0, 0.0]] * BATCH)
+    inputs = prepare_inputs(batch, cfg, "cpu")
+    disp = {s: torch.full((BATCH, 1, HEIGHT // 2**s, WIDTH // 2**s), 0.5) for s in cfg.model.scales}
+    _, depth = disp_to_depth(disp[0], cfg.model.min_depth, cfg.model.max_depth)
+    T = torch.eye(4).repeat(BATCH, cfg.num_sources, 1, 1)
+    T[..., 0, 3] = depth[0, 0, 0, 0] / batch["K"][0, 0, 0]  # u_src = u_tgt + fx·tx/Z = u_tgt + 1: warped = target
+    torch.manual_seed(0)
+    _, diag = compute_loss(Outputs(disp=disp, T_src_tgt=T), inputs, cfg)
+    assert diag["automask"].item() > 0.9  # measured 0.96; with the pose reversed (warping loses) 0.02
+
+
 def _as_leaves(outputs: Outputs) -> Outputs:
     """Detached copies that require grad, to compare gradients of two loss formulations w.r.t. the outputs."""
 
@@ -322,12 +341,15 @@ def test_tie_break_noise_is_reproducible_under_the_same_seed(
 
 # ----- every ablation flag changes the loss ------------------------------------------------------------------
 
+# (first, second, order): "<" where theory orders the two losses on the same outputs (a per-pixel minimum over
+# more candidates, or over the candidates rather than their mean, is never larger); every side is also checked
+# against the loop-style reference formulation with the same switch, so a switch read the wrong way round fails.
 LOSS_FLAGS = {
-    "reprojection": ({"loss.reprojection": "min"}, {"loss.reprojection": "avg"}),
-    "automask": ({"loss.automask": True}, {"loss.automask": False}),
-    "multiscale_per_scale": ({"loss.multiscale": "full_res"}, {"loss.multiscale": "per_scale"}),
-    "multiscale_single": ({"loss.multiscale": "full_res"}, {"loss.multiscale": "single"}),
-    "ssim": ({"loss.ssim": True}, {"loss.ssim": False}),
+    "reprojection": ({"loss.reprojection": "min"}, {"loss.reprojection": "avg"}, "<"),
+    "automask": ({"loss.automask": True}, {"loss.automask": False}, "<"),
+    "multiscale_per_scale": ({"loss.multiscale": "full_res"}, {"loss.multiscale": "per_scale"}, None),
+    "multiscale_single": ({"loss.multiscale": "full_res"}, {"loss.multiscale": "single"}, None),
+    "ssim": ({"loss.ssim": True}, {"loss.ssim": False}, None),
 }
 
 
@@ -335,12 +357,19 @@ LOSS_FLAGS = {
 def test_loss_flag_changes_the_loss(flag: str, default_step: tuple[Config, torch.nn.ModuleDict, Outputs]) -> None:
     # same network outputs and batch (loss switches do not change the forward pass); only the switch differs
     _, _, outputs = default_step
+    first, second, order = LOSS_FLAGS[flag]
     losses = []
-    for overrides in LOSS_FLAGS[flag]:
+    for overrides in (first, second):
         cfg = _cfg(**overrides)
+        inputs = prepare_inputs(_batch(cfg), cfg, "cpu")
         torch.manual_seed(0)
-        losses.append(compute_loss(outputs, prepare_inputs(_batch(cfg), cfg, "cpu"), cfg)[0].item())
+        loss = compute_loss(outputs, inputs, cfg)[0].item()
+        torch.manual_seed(0)
+        assert loss == pytest.approx(reference_loss(outputs, inputs, cfg)[0].item(), rel=1e-5), overrides
+        losses.append(loss)
     assert abs(losses[0] - losses[1]) > 1e-6
+    if order == "<":
+        assert losses[0] < losses[1]
 
 
 MODEL_FLAGS = {

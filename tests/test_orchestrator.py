@@ -1,4 +1,5 @@
-"""The orchestrator: planning, slots, progress parsing, and real trainer subprocesses on the CPU.
+"""The launcher (``md2bench.launch``): planning, slots, progress from the trainer's progress.json, and real trainer
+subprocesses on the CPU.
 
 The end-to-end tests (``slow``) run ``md2bench train`` as real subprocesses on the tiny synthetic world with a
 SQLite MLflow store in ``tmp_path`` (the working directory): the smoke grid finishes and nests under one parent,
@@ -26,25 +27,14 @@ from typing import Iterator
 import pytest
 
 from md2bench.grid import Grid, load_grid
-from md2bench.orchestrator import (
-    BLOCKED,
-    BUSY,
-    FAILED,
-    FINISHED,
-    SKIPPED,
-    Display,
-    GridResult,
-    OrchestratorError,
-    RunOutcome,
-    auto_runs_per_gpu,
-    detect_slots,
-    estimate_run_memory_gb,
-    plan,
-    read_progress,
-    run_grid,
-    train_command,
-)
+from md2bench.launch.command import train_command
+from md2bench.launch.display import Display, table_rows
+from md2bench.launch.local import _Active, _update_progress, run_grid
+from md2bench.launch.outcome import BLOCKED, BUSY, FAILED, FINISHED, SKIPPED, GridResult, RunOutcome
+from md2bench.launch.plan import plan
+from md2bench.launch.slots import OrchestratorError, auto_runs_per_gpu, detect_slots, estimate_run_memory_gb
 from md2bench.tracking import MLflowTracker
+from md2bench.train.rundir import ProgressWriter
 from tests.conftest import release_when_passing
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,20 +51,25 @@ def _uri(path: Path) -> str:
 
 
 # ============================================================================================ unit tests
-def test_read_progress_parses_the_trainer_log(tmp_path: Path) -> None:
-    assert read_progress(tmp_path) is None  # no log yet
-    (tmp_path / "train.log").write_text(
-        "2026-01-01 10:00:00,000 INFO run abc (x) on cpu; MLflow run 1; 9 steps/epoch, 6 steps planned\n"
-        "2026-01-01 10:00:01,000 INFO step 1 epoch 0 loss 0.1 lr 0.0001 2.0 img/s\n"
-        "2026-01-01 10:00:02,000 INFO step 2 epoch 0 loss 0.1 lr 0.0001 2.0 img/s\n"
-    )
-    assert read_progress(tmp_path) == (2, 6)
-    with (tmp_path / "train.log").open("a") as fh:  # a resumed attempt: the resume line, then a new plan line
-        fh.write("2026-01-01 11:00:00,000 INFO resuming ck.pt at epoch 0, batch 2, step 2\n"
-                 "2026-01-01 11:00:01,000 INFO run abc (x) on cpu; MLflow run 1; 9 steps/epoch, 6 steps planned\n")
-    assert read_progress(tmp_path) == (2, 6)
-    (tmp_path / "train.log").write_text("training step 7/40 loss 0.2\n")  # the "step N/T" form
-    assert read_progress(tmp_path) == (7, 40)
+def test_the_table_reads_the_trainers_progress_file_not_its_log(tmp_path: Path) -> None:
+    """Steps, phase and rate come from progress.json as the trainer writes it (``ProgressWriter``); the
+    human-readable train.log is never parsed."""
+    (spec,) = load_grid("smoke").with_overrides({"train.out_dir": str(tmp_path)}).expand(rows=["baseline"])
+    spec.run_dir.mkdir(parents=True)
+    outcomes = {spec.run_key: RunOutcome(spec, "running", attempts=1, device="cpu")}
+    active = _Active(outcomes[spec.run_key], slot=None, proc=None, log=None, config_path=Path("x"),
+                     started=time.monotonic() - 1.0)
+    (spec.run_dir / "train.log").write_text("INFO 9 steps/epoch, 6 steps planned\nINFO step 2 epoch 0 loss 0.1\n")
+    _update_progress(active)
+    assert active.step is None and table_rows(outcomes, {0: active})[0][3:5] == ("running", "")
+    writer = ProgressWriter(spec.run_dir, total=6, batch_size=2, every_s=0.0)
+    writer.update(4, force=True)
+    _update_progress(active)
+    assert active.step == (4, 6) and active.phase == "train"
+    assert table_rows(outcomes, {0: active})[0][:5] == (spec.run_name, spec.run_key, "cpu", "running", "4/6")
+    writer.update(6, "evaluate")
+    _update_progress(active)
+    assert active.step == (6, 6) and table_rows(outcomes, {0: active})[0][3:5] == ("evaluating (test)", "6/6")
 
 
 def test_plan_skips_done_and_finished_runs_and_resumes_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -187,7 +182,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path, monkeypatch:
 
 def test_slurm_job_pickles_without_its_process() -> None:
     submitit = pytest.importorskip("submitit")
-    from md2bench.slurm import TrainJob
+    from md2bench.launch.slurm import TrainJob
 
     job = TrainJob()
     job._proc = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -369,7 +364,7 @@ def test_a_failing_row_fails_alone_beside_blocked_and_busy_rows(tmp_path: Path, 
 @pytest.mark.slow
 def test_slurm_backend_through_submitits_local_executor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("submitit")
-    from md2bench.slurm import run_grid_slurm
+    from md2bench.launch.slurm import run_grid_slurm
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -393,7 +388,8 @@ def test_slurm_backend_through_submitits_local_executor(tmp_path: Path, monkeypa
 def test_a_stopped_child_is_killed_unless_it_had_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C: a child that died of the signal during start-up is KILLED with a readable reason; one whose stop
     landed after it wrote DONE (while printing its summary) counts as finished, as the next invocation will."""
-    from md2bench import orchestrator as orch
+    from md2bench.launch import local
+    from md2bench.launch.slots import Slot
 
     monkeypatch.chdir(tmp_path)
     specs = load_grid(_grid_file(tmp_path, """
@@ -412,9 +408,9 @@ def test_a_stopped_child_is_killed_unless_it_had_finished(tmp_path: Path, monkey
             (spec.run_dir / "DONE").write_text("{}")
         proc = subprocess.Popen([sys.executable, "-c", "pass"])
         proc.wait()
-        active = orch._Active(RunOutcome(spec, attempts=1), orch.Slot("cpu", None, 0), proc, None,
-                              tmp_path / "x.toml", time.monotonic())
-        assert orch._finish(active, code, True, 1, tracker, "g", display) is False  # stopping: never retried
+        active = _Active(RunOutcome(spec, attempts=1), Slot("cpu", None, 0), proc, None, tmp_path / "x.toml",
+                         time.monotonic())
+        assert local._finish(active, code, True, 1, tracker, "g", display) is False  # stopping: never retried
         states[spec.row] = (active.outcome.state, active.outcome.message)
     assert states["early"][0] == "killed" and "SIGTERM during start-up" in states["early"][1]
     assert states["late"] == (FINISHED, "")
@@ -425,8 +421,8 @@ def test_estimate_uses_the_measured_end_to_end_rate_of_finished_runs(tmp_path: P
     a measurement: 3 runs of 300 images on 2 slots = 3 x 60 s / 2 = 90 s; another shape stays rough."""
     from mlflow.entities import Param
 
-    from md2bench.orchestrator import (Slot, estimate_line, estimate_seconds, measured_rates, spec_rate_key,
-                                       this_device_tag)
+    from md2bench.launch.estimate import estimate_line, estimate_seconds, measured_rates, spec_rate_key, this_device_tag
+    from md2bench.launch.slots import Slot
 
     device = this_device_tag("cpu")
     tracker = MLflowTracker(_uri(tmp_path))
@@ -451,20 +447,22 @@ def test_estimate_uses_the_measured_end_to_end_rate_of_finished_runs(tmp_path: P
 
 
 def test_grid_progress_counts_steps_over_the_whole_grid() -> None:
-    from md2bench.orchestrator import FINISHED, RunOutcome, _Active, grid_progress
+    from md2bench.launch.display import grid_progress
 
-    specs = load_grid("cpu-mono").expand()  # 3 x 400 steps (reference start) + 3 x 1,000 (warm-up) = 4,200
-    assert sorted(s.config.train.max_steps for s in specs) == [400] * 3 + [1000] * 3
+    specs = load_grid("cpu-mono").expand()  # rows of 400 (reference start), 1,000 (warm-up), ... steps x 3 seeds
+    total = sum(s.config.train.max_steps for s in specs)
+    assert {400, 1000} <= {s.config.train.max_steps for s in specs}
     outcomes = {s.run_key: RunOutcome(s) for s in specs}
-    assert grid_progress(outcomes, {}) == "grid 0/4,200 steps (0%)"  # nothing running: no time left to tell
+    assert grid_progress(outcomes, {}) == f"grid 0/{total:,} steps (0%)"  # nothing running: no time left to tell
     ref = next(s for s in specs if s.config.train.max_steps == 400)
     warm = next(s for s in specs if s.config.train.max_steps == 1000)
     outcomes[ref.run_key].state = FINISHED
     now = time.monotonic()
-    # the warm-up run: started here at step 100 60 s ago, now at 400 -> 5 steps/s for the 4,200 - 400 - 400 left
+    # the warm-up run: started here at step 100 60 s ago, now at 400 -> 5 steps/s for the total - 400 - 400 left
     running = _Active(outcomes[warm.run_key], slot=None, proc=None, log=None, config_path=Path("x"), started=now,
                       first_step=(100, now - 60.0), step=(400, 1000))
     text = grid_progress(outcomes, {0: running})
-    assert text.startswith("grid 800/4,200 steps (19%), ~11m")  # 3,400 steps at 5/s = 680 s
+    minutes = int((total - 800) / 5) // 60
+    assert text.startswith(f"grid 800/{total:,} steps ({100 * 800 // total}%), ~{minutes}m")
     unknown = {s.run_key: RunOutcome(s) for s in load_grid("cpu-mono").with_overrides({"train.max_steps": 0}).expand()}
     assert grid_progress(unknown, {}) == ""  # epochs only: lengths in steps unknown here

@@ -9,6 +9,7 @@ import pytest
 
 from md2bench import paper
 from md2bench.config import load_config
+from md2bench.names import PAPER_COLUMNS
 
 SHARED_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "paper_ablation.csv"
 
@@ -43,9 +44,9 @@ def test_known_values() -> None:
 @pytest.mark.parametrize("row", paper.ALL_ROWS, ids=lambda r: r.key)
 def test_overrides_make_valid_configs_with_the_printed_flags(row: paper.PaperRow) -> None:
     cfg = load_config("paper", overrides=dict(row.overrides))
-    assert cfg.loss.automask == row.flags["auto_masking"]
+    assert cfg.loss.automask == row.flags["automask"]
     assert (cfg.loss.reprojection == "min") == row.flags["min_reprojection"]
-    assert (cfg.loss.multiscale == "full_res") == row.flags["full_res_multiscale"]
+    assert (cfg.loss.multiscale == "full_res") == row.flags["full_res"]
     assert (cfg.model.pretrained == "imagenet") == row.flags["pretrained"]
 
 
@@ -62,7 +63,7 @@ def test_matches_shared_csv() -> None:
         if row is None:
             continue
         for flag in paper.FLAG_NAMES:
-            assert bool(int(rec[flag])) == row.flags[flag], (rec["row"], flag)
+            assert bool(int(rec[PAPER_COLUMNS[flag]])) == row.flags[flag], (rec["row"], flag)
         for metric in paper.METRICS:
             csv_value = float(rec[metric])
             if csv_value == row.metrics[metric]:

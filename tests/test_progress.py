@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from md2bench.grid import load_grid
-from md2bench.orchestrator import RunOutcome, _Active, _update_progress, grid_progress
+from md2bench.launch.display import grid_progress
+from md2bench.launch.local import _Active, _update_progress
+from md2bench.launch.outcome import RunOutcome
 from md2bench.train.rundir import PROGRESS_NAME, Progress, ProgressWriter, write_progress
 from md2bench.train.rundir import read_progress as read_progress_file
 

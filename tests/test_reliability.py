@@ -31,7 +31,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from md2bench import trainer
 from md2bench.config import Config, load_config
 from md2bench.tracking import (
     END_REASON_TAG,
@@ -44,6 +43,8 @@ from md2bench.tracking import (
     MLflowTracker,
     retry_locked,
 )
+from md2bench.train import rundir
+from md2bench.train.loop import fit
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -211,7 +212,7 @@ def _foreign_claim(tracker: MLflowTracker, experiment: str, run_key: str, heartb
 def test_a_fresh_claim_from_another_machine_is_busy_and_a_stale_one_is_taken_over(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: Path) -> None:
     from md2bench.grid import load_grid
-    from md2bench.orchestrator import plan
+    from md2bench.launch.plan import plan
 
     monkeypatch.chdir(tmp_path)
     tracker = MLflowTracker(_store(tmp_path, empty_store))
@@ -310,7 +311,7 @@ def test_kill_9_of_the_orchestrator_group_stops_its_child_and_the_next_invocatio
     import io
 
     from md2bench.grid import load_grid
-    from md2bench.orchestrator import FINISHED, run_grid
+    from md2bench.launch import FINISHED, run_grid
 
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "one.toml"
@@ -322,7 +323,7 @@ def test_kill_9_of_the_orchestrator_group_stops_its_child_and_the_next_invocatio
     orch = _md2bench("run-ablation", str(path), "--gpus", "none", "--tracking-uri", uri, cwd=tmp_path)
     _kill_leftovers.append(orch)
     _wait_for(lambda: _log_has(log, "steps planned"), orch, "the trainer's claim")  # it trains now
-    child = int((spec.run_dir / trainer.LOCK_NAME).read_text())
+    child = int((spec.run_dir / rundir.LOCK_NAME).read_text())
     os.killpg(orch.pid, signal.SIGKILL)
     orch.wait()
     _wait_for(lambda: not _pid_alive(child), None, "the orphaned trainer to stop", timeout_s=120)
@@ -365,14 +366,14 @@ def test_kill_9_before_the_first_checkpoint_continues_the_same_mlflow_run(
     args = _train_args(mini, tmp_path / "runs", uri, "train.max_steps=0")
     proc = _md2bench(*args, cwd=tmp_path)
     _kill_leftovers.append(proc)
-    _wait_for(lambda: _log_has(run_dir / trainer.LOG_NAME, "steps planned"), proc, "the MLflow run")
+    _wait_for(lambda: _log_has(run_dir / rundir.LOG_NAME, "steps planned"), proc, "the MLflow run")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (run_dir / trainer.CHECKPOINT_NAME).exists()  # killed before the first checkpoint
+    assert not (run_dir / rundir.CHECKPOINT_NAME).exists()  # killed before the first checkpoint
     (killed,) = _runs_of(uri, cfg.run_key)
     assert killed.info.status == "RUNNING"  # what SIGKILL leaves behind
 
-    again = trainer.fit(cfg, MLflowTracker(uri), progress=False)
+    again = fit(cfg, MLflowTracker(uri), progress=False)
     assert again.status == "FINISHED", again.message
     (run,) = _runs_of(uri, cfg.run_key)
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
@@ -388,7 +389,7 @@ def test_artifact_root_that_is_a_file_fails_in_one_line_and_ends_the_run(tmp_pat
     uri = _store(tmp_path, empty_store)
     (tmp_path / "mlartifacts").write_text("not a folder")
     result = CliRunner().invoke(app, _train_args(mini, tmp_path / "runs", uri, "train.max_steps=1"))
-    assert result.exit_code == trainer.EXIT_FAILED, result.output
+    assert result.exit_code == rundir.EXIT_FAILED, result.output
     message = result.output.strip()
     assert "\n" not in message and "Traceback" not in message
     assert f"{tmp_path / 'mlartifacts'} is a file where a folder is needed" in message
@@ -405,15 +406,15 @@ def test_nan_before_any_checkpoint_says_none_exists_and_a_rerun_says_it_diverged
     exist); the same command again says the run diverged instead of silently repeating it."""
     tracker = MLflowTracker(_store(tmp_path, empty_store))
     cfg = _cfg(mini, tmp_path / "runs", "train.lr=1e6", "train.max_steps=0")
-    result = trainer.fit(cfg, tracker, progress=False)
+    result = fit(cfg, tracker, progress=False)
     assert result.status == "FAILED" and "non-finite loss at step 2" in result.message, result.message
     assert "no checkpoint exists" in result.message and "lower train.lr (now 1e+06)" in result.message
-    assert not (result.run_dir / trainer.CHECKPOINT_NAME).exists()
+    assert not (result.run_dir / rundir.CHECKPOINT_NAME).exists()
     run = tracker.get_run(result.run_id)
     assert run.info.status == "FAILED" and run.data.tags[END_REASON_TAG] == "non-finite"
 
-    again = trainer.fit(cfg, tracker, progress=False)
-    assert again.status == "FAILED" and again.exit_code == trainer.EXIT_FAILED
+    again = fit(cfg, tracker, progress=False)
+    assert again.status == "FAILED" and again.exit_code == rundir.EXIT_FAILED
     assert "diverged before" in again.message and "--no-resume" in again.message
     assert len(_runs_of(tracker.uri, cfg.run_key)) == 1  # nothing was trained again
 
@@ -424,11 +425,11 @@ def test_nan_validation_never_becomes_the_last_good_checkpoint(tmp_path: Path, m
     epoch's validation is NaN; no checkpoint is written from that state (before: it was, as "last good")."""
     cfg = _cfg(mini, tmp_path / "runs", "train.lr=1e30", "train.batch_size=4", "train.epochs=2",
                "train.max_steps=0")
-    result = trainer.fit(cfg, progress=False)
+    result = fit(cfg, progress=False)
     assert result.status == "FAILED", result.message
     assert "non-finite validation after epoch 0 (step 1)" in result.message and "val/loss=nan" in result.message
     assert "no checkpoint exists" in result.message
-    assert not (result.run_dir / trainer.CHECKPOINT_NAME).exists()
+    assert not (result.run_dir / rundir.CHECKPOINT_NAME).exists()
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
@@ -473,8 +474,8 @@ def test_a_full_disk_names_the_cause_in_one_line_and_fails_the_run(tmp_path: Pat
     uri = _store(tmp_path, empty_store)
     result = CliRunner().invoke(app, _train_args(mini, small_tmpfs, uri, "train.max_steps=0"))
     cfg = _cfg(mini, small_tmpfs, "train.max_steps=0")
-    checkpoint = small_tmpfs / cfg.run_key / trainer.CHECKPOINT_NAME
-    assert result.exit_code == trainer.EXIT_FAILED, result.output
+    checkpoint = small_tmpfs / cfg.run_key / rundir.CHECKPOINT_NAME
+    assert result.exit_code == rundir.EXIT_FAILED, result.output
     message = result.output.strip()
     assert "\n" not in message and "Traceback" not in message and "inline_container" not in message
     assert message.startswith(f"error: no space left on device: could not write checkpoint {checkpoint}")
@@ -516,7 +517,7 @@ def test_a_read_only_store_fails_in_one_line(tmp_path: Path, mini: Path, read_on
     proc = _md2bench(*_train_args(mini, tmp_path / "runs", _uri(read_only_store), "train.max_steps=1"), cwd=tmp_path)
     _kill_leftovers.append(proc)
     output = proc.communicate(timeout=300)[0].strip()
-    assert proc.returncode == trainer.EXIT_FAILED, output
+    assert proc.returncode == rundir.EXIT_FAILED, output
     assert "\n" not in output and "Traceback" not in output, output
     assert output.startswith(f"error: MLflow store {read_only_store / 'mlruns.db'} is read-only")
     assert "--tracking-uri" in output  # what to change

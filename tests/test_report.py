@@ -98,7 +98,7 @@ def store(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     from md2bench.data.synthetic import render_world
     from md2bench.grid import load_grid
     from md2bench.tracking import MLflowTracker
-    from md2bench.trainer import fit
+    from md2bench.train.loop import fit
 
     base = tmp_path_factory.mktemp("report")
     world = Path(render_world(base / "mini", preset="tiny", sequences=3, frames=5, progress=False).root)

@@ -21,9 +21,21 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from md2bench import trainer
 from md2bench.checkpoint import load_checkpoint, load_for_inference
 from md2bench.config import Config, load_config
+from md2bench.train import rundir
+from md2bench.train.device import autocast_for, make_optimizer, prepare_models
+from md2bench.train.loop import fit
+from md2bench.train.state import (
+    EpochSampler,
+    capture_rng_state,
+    epoch_learning_rates,
+    epoch_permutation,
+    restore_rng_state,
+    seed_everything,
+)
+from md2bench.train.step import nonfinite_terms, train_step
+from md2bench.train.validate import validate
 
 
 # ============================================================================================ fixtures
@@ -51,37 +63,37 @@ def tiny_cfg(world: Path, out: Path, *overrides: str) -> Config:
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(run_dir / trainer.CHECKPOINT_NAME)["models"]
+    return load_checkpoint(run_dir / rundir.CHECKPOINT_NAME)["models"]
 
 
 # ============================================================================================ pure pieces
 def test_paper_schedule_decays_after_exactly_lr_step_epoch() -> None:
     cfg = load_config("paper")  # 20 epochs, step 15, gamma 0.1, scheduler "paper"
-    rates = trainer.epoch_learning_rates(cfg)
+    rates = epoch_learning_rates(cfg)
     # Epochs 0..14 at 1e-4, 15..19 at 1e-4 * 0.1 = 1e-5 (the paper's 15 + 5).
     assert rates == pytest.approx([1e-4] * 15 + [1e-5] * 5)
 
 
 def test_reference_schedule_decays_one_epoch_early() -> None:
     cfg = load_config("paper", ["train.scheduler=reference"])
-    rates = trainer.epoch_learning_rates(cfg)
+    rates = epoch_learning_rates(cfg)
     # StepLR stepped before each epoch: its counter reaches 15 at the start of epoch 14 -> 14 + 6.
     assert rates == pytest.approx([1e-4] * 14 + [1e-5] * 6)
 
 
 def test_epoch_order_is_a_function_of_seed_and_epoch() -> None:
-    a = trainer.epoch_permutation(seed=0, epoch=3, n=50)
-    assert torch.equal(a, trainer.epoch_permutation(seed=0, epoch=3, n=50))
+    a = epoch_permutation(seed=0, epoch=3, n=50)
+    assert torch.equal(a, epoch_permutation(seed=0, epoch=3, n=50))
     assert sorted(a.tolist()) == list(range(50))  # a permutation
-    assert not torch.equal(a, trainer.epoch_permutation(seed=0, epoch=4, n=50))
-    assert not torch.equal(a, trainer.epoch_permutation(seed=1, epoch=3, n=50))
+    assert not torch.equal(a, epoch_permutation(seed=0, epoch=4, n=50))
+    assert not torch.equal(a, epoch_permutation(seed=1, epoch=3, n=50))
 
 
 def test_sampler_drops_the_last_partial_batch_and_skips_done_batches() -> None:
-    sampler = trainer.EpochSampler(num_items=7, batch_size=2, seed=5)
+    sampler = EpochSampler(num_items=7, batch_size=2, seed=5)
     sampler.set_epoch(2)
     full = list(sampler)
-    order = trainer.epoch_permutation(5, 2, 7).tolist()
+    order = epoch_permutation(5, 2, 7).tolist()
     # 7 items, batch 2 -> 3 full batches = 6 items; the 7th is dropped (drop_last, as the reference).
     assert full == [(2, i) for i in order[:6]]
     assert len(sampler) == 6 and sampler.batches_per_epoch == 3
@@ -90,11 +102,11 @@ def test_sampler_drops_the_last_partial_batch_and_skips_done_batches() -> None:
 
 
 def test_rng_states_round_trip() -> None:
-    trainer.seed_everything(3)
-    state = trainer.capture_rng_state()
+    seed_everything(3)
+    state = capture_rng_state()
     expected = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
-    trainer.seed_everything(99)  # move every generator elsewhere
-    trainer.restore_rng_state(state)
+    seed_everything(99)  # move every generator elsewhere
+    restore_rng_state(state)
     got = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
     assert torch.equal(expected[0], got[0])
     assert np.array_equal(expected[1], got[1])
@@ -107,7 +119,7 @@ def test_nonfinite_terms_names_loss_terms_first() -> None:
         "loss/smoothness/s0": torch.tensor(0.1),
         "loss/photometric/s1": torch.tensor(float("inf")),
     }
-    bad = trainer.nonfinite_terms(diagnostics)
+    bad = nonfinite_terms(diagnostics)
     assert list(bad) == ["loss/photometric/s1", "automask"]
     assert math.isinf(bad["loss/photometric/s1"]) and math.isnan(bad["automask"])
 
@@ -119,12 +131,12 @@ def test_prepare_models_uses_channels_last_on_cpu_and_keeps_the_weights() -> Non
     torch.manual_seed(0)
     plain = build_models(cfg)
     torch.manual_seed(0)
-    prepared = trainer.prepare_models(build_models(cfg), cfg, torch.device("cpu"))
+    prepared = prepare_models(build_models(cfg), cfg, torch.device("cpu"))
     conv = next(p for p in prepared.parameters() if p.dim() == 4)
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     for (key, a), b in zip(plain.state_dict().items(), prepared.state_dict().values()):
         assert torch.equal(a, b), key
-    off = trainer.prepare_models(build_models(cfg), cfg.override({"train.channels_last": False}), torch.device("cpu"))
+    off = prepare_models(build_models(cfg), cfg.override({"train.channels_last": False}), torch.device("cpu"))
     assert all(p.is_contiguous() for p in off.parameters())
 
 
@@ -132,7 +144,7 @@ def test_optimizer_is_fused_adam_with_the_configured_rate() -> None:
     from md2bench.models import build_models
 
     cfg = load_config("tiny", ["train.lr=3e-4"])
-    optimizer = trainer.make_optimizer(build_models(cfg), cfg)
+    optimizer = make_optimizer(build_models(cfg), cfg)
     assert isinstance(optimizer, torch.optim.Adam)
     assert optimizer.param_groups[0]["fused"] is True and optimizer.param_groups[0]["lr"] == 3e-4
 
@@ -146,15 +158,15 @@ def test_cpu_amp_runs_the_networks_in_bf16_and_the_loss_in_fp32(cpu_amp: bool) -
     cfg = load_config("tiny", [f"train.cpu_amp={str(cpu_amp).lower()}"])
     device = torch.device("cpu")
     torch.manual_seed(0)
-    models = trainer.prepare_models(build_models(cfg), cfg, device)
-    optimizer = trainer.make_optimizer(models, cfg)
+    models = prepare_models(build_models(cfg), cfg, device)
+    optimizer = make_optimizer(models, cfg)
     batch = make_batch(cfg)
-    with trainer.autocast_for(device, cfg), torch.no_grad():
+    with autocast_for(device, cfg), torch.no_grad():
         inputs = method.prepare_inputs(batch, cfg, device)
         outputs = method.forward(models, inputs, cfg)
     assert outputs.disp[0].dtype == (torch.bfloat16 if cpu_amp else torch.float32)
     before = [p.detach().clone() for p in models.parameters()]
-    total, diagnostics = trainer.train_step(models, optimizer, batch, cfg, device, step=1)
+    total, diagnostics = train_step(models, optimizer, batch, cfg, device, step=1)
     assert total.dtype == torch.float32 and math.isfinite(total.item())
     assert any(not torch.equal(a, p) for a, p in zip(before, models.parameters()))  # the step moved the weights
     assert all(p.dtype == torch.float32 for p in models.parameters())  # master weights stay fp32
@@ -171,8 +183,8 @@ def test_automask_warmup_runs_the_first_steps_without_auto_masking() -> None:
     off = cfg.override(["loss.automask=false", "loss.automask_warmup_steps=0"])
     device = torch.device("cpu")
     torch.manual_seed(0)
-    models = trainer.prepare_models(build_models(cfg), cfg, device)
-    optimizer = trainer.make_optimizer(models, cfg)
+    models = prepare_models(build_models(cfg), cfg, device)
+    optimizer = make_optimizer(models, cfg)
     batch = make_batch(cfg)
     for step in (1, 2, 3):
         models.train()
@@ -182,7 +194,7 @@ def test_automask_warmup_runs_the_first_steps_without_auto_masking() -> None:
             torch.manual_seed(step)
             expected_on, _, _ = method.training_loss(models, batch, cfg, device)
         torch.manual_seed(step)
-        total, diagnostics = trainer.train_step(models, optimizer, batch, cfg, device, step=step)
+        total, diagnostics = train_step(models, optimizer, batch, cfg, device, step=step)
         if step <= 2:
             assert "automask" not in diagnostics and total.item() == pytest.approx(expected_off.item(), rel=1e-6)
             assert expected_on.item() != pytest.approx(expected_off.item(), rel=1e-6)  # the two configs differ
@@ -194,15 +206,15 @@ def test_run_lock_refuses_a_second_holder(tmp_path: Path) -> None:
     cfg = load_config("tiny", [f"train.out_dir={tmp_path}"])
     run_dir = tmp_path / cfg.run_key
     run_dir.mkdir()
-    with open(run_dir / trainer.LOCK_NAME, "a") as other:  # "another process" (flock is per open file)
+    with open(run_dir / rundir.LOCK_NAME, "a") as other:  # "another process" (flock is per open file)
         fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with pytest.raises(trainer.RunBusyError, match="another process"):
-            trainer.fit(cfg, progress=False)
+        with pytest.raises(rundir.RunBusyError, match="another process"):
+            fit(cfg, progress=False)
         from md2bench.cli import app
 
         result = CliRunner().invoke(app, ["train", "tiny", f"train.out_dir={tmp_path}", "--no-progress",
                                           "--tracking-uri", f"sqlite:///{tmp_path}/mlruns.db"])
-        assert result.exit_code == trainer.EXIT_BUSY, result.output
+        assert result.exit_code == rundir.EXIT_BUSY, result.output
 
 
 # ============================================================================================ end to end
@@ -224,14 +236,14 @@ def test_short_training_learns_and_is_tracked(worlds: dict[str, Path], tmp_path:
                    "data.color_aug=false", "data.flip=false", "train.log_every=5", "train.image_log=true",
                    "name=tiny-learn")
     # The untrained network, as fit builds it (same seed, same initialisation).
-    trainer.seed_everything(cfg.train.seed)
+    seed_everything(cfg.train.seed)
     untrained = build_models(cfg)
     val_loader = DataLoader(build_dataset(cfg, "val"), batch_size=cfg.train.batch_size)
-    before = trainer.validate(untrained, val_loader, cfg, torch.device("cpu"), max_batches=1).metrics
+    before = validate(untrained, val_loader, cfg, torch.device("cpu"), max_batches=1).metrics
     test_before = evaluate_depth(untrained, cfg, progress=False).mean["abs_rel"]
 
     tracker = MLflowTracker(f"sqlite:///{tmp_path}/mlruns.db")
-    result = trainer.fit(cfg, tracker, run_name="tiny-learn/seed0", tags={"md2bench.grid": "unit"}, progress=False)
+    result = fit(cfg, tracker, run_name="tiny-learn/seed0", tags={"md2bench.grid": "unit"}, progress=False)
     assert result.status == "FINISHED" and result.steps == 45, result.message
     after = result.val_history[-1]
     assert after["val/loss/photometric/s0"] < before["val/loss/photometric/s0"]
@@ -305,18 +317,18 @@ def test_resume_equals_continuous_training(worlds: dict[str, Path], tmp_path: Pa
     first = tiny_cfg(worlds["mini"], tmp_path / "b", *common, "train.max_steps=3")
     resumed = tiny_cfg(worlds["mini"], tmp_path / "b", *common, "train.max_steps=6")
 
-    full = trainer.fit(continuous, progress=False)
-    half = trainer.fit(first, progress=False)
+    full = fit(continuous, progress=False)
+    half = fit(first, progress=False)
     assert (full.status, full.steps, half.status, half.steps) == ("FINISHED", 6, "FINISHED", 3)
     # Stop point: step 3 = epoch 1 (0-based), one of its two batches done; the lr decayed once (1e-4 * 0.5).
-    state = load_checkpoint(half.run_dir / trainer.CHECKPOINT_NAME)
+    state = load_checkpoint(half.run_dir / rundir.CHECKPOINT_NAME)
     assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (3, 1, 1)
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(5e-5)
     # Continue that state with a budget of 6 steps (max_steps is the one setting a resume may change).
     resumed_dir = tmp_path / "b" / resumed.run_key
     resumed_dir.mkdir(parents=True)
-    os.link(half.run_dir / trainer.CHECKPOINT_NAME, resumed_dir / trainer.CHECKPOINT_NAME)
-    again = trainer.fit(resumed, progress=False)
+    os.link(half.run_dir / rundir.CHECKPOINT_NAME, resumed_dir / rundir.CHECKPOINT_NAME)
+    again = fit(resumed, progress=False)
     assert (again.status, again.steps) == ("FINISHED", 6)
 
     a, b = weights(full.run_dir), weights(again.run_dir)
@@ -327,17 +339,17 @@ def test_resume_equals_continuous_training(worlds: dict[str, Path], tmp_path: Pa
     assert [h["epoch"] for h in full.val_history] == [0, 1, 2]
 
     # A finished run is not trained again: the DONE marker answers.
-    stamp = (full.run_dir / trainer.CHECKPOINT_NAME).stat().st_mtime_ns
-    same = trainer.fit(continuous, progress=False)
+    stamp = (full.run_dir / rundir.CHECKPOINT_NAME).stat().st_mtime_ns
+    same = fit(continuous, progress=False)
     assert same.status == "FINISHED" and same.test_metrics == full.test_metrics and same.steps == 6
-    assert (full.run_dir / trainer.CHECKPOINT_NAME).stat().st_mtime_ns == stamp
+    assert (full.run_dir / rundir.CHECKPOINT_NAME).stat().st_mtime_ns == stamp
     # A different semantic config is refused rather than silently mixed into this checkpoint.
-    os.link(half.run_dir / trainer.CHECKPOINT_NAME, tmp_path / "c.pt")
+    os.link(half.run_dir / rundir.CHECKPOINT_NAME, tmp_path / "c.pt")
     other = tiny_cfg(worlds["mini"], tmp_path / "d", *common, "train.max_steps=6", "train.lr=1e-3")
     (tmp_path / "d" / other.run_key).mkdir(parents=True)
-    os.replace(tmp_path / "c.pt", tmp_path / "d" / other.run_key / trainer.CHECKPOINT_NAME)
+    os.replace(tmp_path / "c.pt", tmp_path / "d" / other.run_key / rundir.CHECKPOINT_NAME)
     with pytest.raises(RuntimeError, match="train.lr"):
-        trainer.fit(other, progress=False)
+        fit(other, progress=False)
 
 
 @pytest.mark.slow
@@ -345,23 +357,23 @@ def test_nonfinite_loss_fails_and_keeps_last_good_checkpoint(worlds: dict[str, P
     """A real divergence: lr x 1e30 after epoch 0 blows the weights up, so the loss of step 4 is not finite."""
     cfg = tiny_cfg(worlds["mini"], tmp_path, "train.epochs=3", "train.lr_step_epoch=1", "train.lr_gamma=1e30",
                    "train.max_steps=0")
-    result = trainer.fit(cfg, progress=False)
+    result = fit(cfg, progress=False)
     # Epoch 0 = steps 1, 2 (5 items, batch 2); step 3 runs at lr 1e26 and produces enormous weights;
     # step 4's forward pass overflows.
     assert result.status == "FAILED", result.message
     assert result.steps == 3 and "non-finite loss at step 4" in result.message
     assert "loss/" in result.message  # the offending term is named
     # ... and the checkpoint that really exists, with its step (not the step it diverged at)
-    assert f"{result.run_dir / trainer.CHECKPOINT_NAME} (step 2) was kept" in result.message
-    assert result.exit_code == trainer.EXIT_FAILED
-    assert not (result.run_dir / trainer.DONE_NAME).exists()
+    assert f"{result.run_dir / rundir.CHECKPOINT_NAME} (step 2) was kept" in result.message
+    assert result.exit_code == rundir.EXIT_FAILED
+    assert not (result.run_dir / rundir.DONE_NAME).exists()
     # The last good checkpoint is the end of epoch 0, finite, and loads for inference.
-    state = load_checkpoint(result.run_dir / trainer.CHECKPOINT_NAME)
+    state = load_checkpoint(result.run_dir / rundir.CHECKPOINT_NAME)
     assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (2, 1, 0)
     assert all(bool(torch.isfinite(v).all()) for v in state["models"].values() if v.is_floating_point())
-    loaded_cfg, models = load_for_inference(result.run_dir / trainer.CHECKPOINT_NAME)
+    loaded_cfg, models = load_for_inference(result.run_dir / rundir.CHECKPOINT_NAME)
     assert loaded_cfg.run_key == cfg.run_key and not models.training
-    assert "non-finite loss at step 4" in (result.run_dir / trainer.LOG_NAME).read_text()
+    assert "non-finite loss at step 4" in (result.run_dir / rundir.LOG_NAME).read_text()
 
 
 @pytest.mark.slow
@@ -377,20 +389,20 @@ def test_signal_checkpoints_and_resume_finishes(worlds: dict[str, Path], tmp_pat
         return False
 
     handler = signal.getsignal(signal.SIGINT)
-    stopped = trainer.fit(cfg, epoch_callback=interrupt, progress=False)
+    stopped = fit(cfg, epoch_callback=interrupt, progress=False)
     assert signal.getsignal(signal.SIGINT) is handler  # fit restores the previous handlers
-    assert stopped.status == "KILLED" and stopped.exit_code == trainer.EXIT_INTERRUPTED
+    assert stopped.status == "KILLED" and stopped.exit_code == rundir.EXIT_INTERRUPTED
     assert stopped.steps == 2 and "SIGINT" in stopped.message
     assert seen[0][0] == 0 and "val/loss" in seen[0][1] and "val/abs_rel" in seen[0][1]
-    state = load_checkpoint(stopped.run_dir / trainer.CHECKPOINT_NAME)
+    state = load_checkpoint(stopped.run_dir / rundir.CHECKPOINT_NAME)
     assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (2, 1, 0)
 
-    done = trainer.fit(cfg, progress=False)
+    done = fit(cfg, progress=False)
     assert done.status == "FINISHED" and done.steps == 4
     assert [h["epoch"] for h in done.val_history] == [0, 1]
 
     # Pruning: the callback asks to stop after epoch 0.
-    pruned = trainer.fit(cfg.override({"train.seed": 1}), epoch_callback=lambda e, m: True, progress=False)
+    pruned = fit(cfg.override({"train.seed": 1}), epoch_callback=lambda e, m: True, progress=False)
     assert pruned.status == "PRUNED" and pruned.steps == 2
 
     from md2bench.cli import app
@@ -399,7 +411,7 @@ def test_signal_checkpoints_and_resume_finishes(worlds: dict[str, Path], tmp_pat
     uri = f"sqlite:///{tmp_path}/mlruns.db"
     overrides = [f"data.path={worlds['mini']}", f"train.out_dir={tmp_path}", "train.epochs=2", "train.max_steps=0"]
     again = runner.invoke(app, ["train", "tiny", *overrides, "--tracking-uri", uri, "--no-progress"])
-    assert again.exit_code == trainer.EXIT_FINISHED, again.output
+    assert again.exit_code == rundir.EXIT_FINISHED, again.output
     assert "already finished" in again.output
     csv = tmp_path / "eval.csv"
     evaluated = runner.invoke(app, ["evaluate", "--checkpoint", str(done.run_dir / "checkpoint.pt"), "--device",
@@ -428,7 +440,7 @@ ABLATIONS = [
 @pytest.mark.parametrize("flags", ABLATIONS, ids=lambda f: ",".join(f) or "full")
 def test_every_ablation_flag_trains_one_step(worlds: dict[str, Path], tmp_path: Path, flags: list[str]) -> None:
     cfg = tiny_cfg(worlds["mini"], tmp_path, "train.max_steps=1", *flags)
-    result = trainer.fit(cfg, progress=False)
+    result = fit(cfg, progress=False)
     assert result.status == "FINISHED" and result.steps == 1, result.message
     assert math.isfinite(result.test_metrics["test/abs_rel"])
     assert math.isfinite(result.val_history[-1]["val/loss"])
@@ -480,13 +492,13 @@ def test_group_sigterm_with_loader_workers_checkpoints_and_exits_75(worlds: dict
     MlflowClient(uri).search_experiments()  # create the store first (a stop mid-migration would corrupt it)
     # mini world: 5 items, batch 2 -> 2 steps per epoch; 500 epochs outlast the signal by far.
     cfg = tiny_cfg(worlds["mini"], tmp_path / "runs", "train.epochs=500", "train.max_steps=0", "data.num_workers=1")
-    log = tmp_path / "runs" / cfg.run_key / trainer.LOG_NAME
+    log = tmp_path / "runs" / cfg.run_key / rundir.LOG_NAME
     proc = _train_process(worlds["mini"], tmp_path / "runs", uri, "train.epochs=500", "train.max_steps=0",
                           "data.num_workers=1")
     output = _sigterm_group_when(proc, lambda: log.is_file() and "INFO step 1 " in log.read_text(), "its first step")
-    assert proc.returncode == trainer.EXIT_INTERRUPTED, output
+    assert proc.returncode == rundir.EXIT_INTERRUPTED, output
     assert "killed by signal" not in output and "KILLED: interrupted by SIGTERM" in output
-    state = load_checkpoint(log.parent / trainer.CHECKPOINT_NAME)
+    state = load_checkpoint(log.parent / rundir.CHECKPOINT_NAME)
     assert state["step"] >= 1  # the stop-point checkpoint, not an epoch-end one from before the signal only
     (run,) = MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()])
     assert run.info.status == "KILLED"
@@ -504,12 +516,12 @@ def test_sigterm_during_start_up_is_an_interruption(worlds: dict[str, Path], tmp
     run_dir = tmp_path / "runs" / cfg.run_key
     proc = _train_process(worlds["mini"], tmp_path / "runs", uri, "data.num_workers=1")
     # The lock file appears as fit starts, before the data, networks and MLflow run are set up.
-    output = _sigterm_group_when(proc, lambda: (run_dir / trainer.LOCK_NAME).is_file(), "fit")
-    assert proc.returncode == trainer.EXIT_INTERRUPTED, output
-    assert not (run_dir / trainer.DONE_NAME).exists()
+    output = _sigterm_group_when(proc, lambda: (run_dir / rundir.LOCK_NAME).is_file(), "fit")
+    assert proc.returncode == rundir.EXIT_INTERRUPTED, output
+    assert not (run_dir / rundir.DONE_NAME).exists()
     client = MlflowClient(uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert all(r.info.status == "KILLED" for r in runs), [r.info.status for r in runs]
     # ... and the next invocation trains it to the end.
-    done = trainer.fit(cfg, progress=False)
+    done = fit(cfg, progress=False)
     assert done.status == "FINISHED" and done.steps == 2  # 5 items // batch 2 = 2 steps in the one epoch

@@ -217,7 +217,7 @@ def test_second_invocation_adds_trials(study_env: dict[str, Any]) -> None:
 
 @pytest.mark.slow
 def test_exported_config_loads_and_trains(study_env: dict[str, Any]) -> None:
-    from md2bench.trainer import fit
+    from md2bench.train.loop import fit
 
     first = study_env["first"]
     assert first.exported == study_env["export"]

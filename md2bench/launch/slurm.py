@@ -1,7 +1,7 @@
 """The Slurm backend: the grid's ``RunSpec``s as one submitit job array, each task the same trainer command.
 
 Each array task runs ``python -m md2bench train <run_dir>/launch-slurm.toml ... --resume`` (the command of
-``orchestrator.train_command``) in the submitting directory, so:
+``md2bench.launch.command.train_command``) in the submitting directory, so:
 
 - a task that Slurm pre-empts or times out gets SIGUSR2 from submitit's signal handling; ``TrainJob.checkpoint``
   then SIGTERMs the trainer (which writes its checkpoint and exits 75) and asks submitit to requeue the task,
@@ -28,26 +28,12 @@ from typing import Any, Mapping, Sequence, TextIO
 
 import submitit
 
-from md2bench.grid import Grid, RunSpec
-from md2bench.orchestrator import (
-    BLOCKED,
-    BUSY,
-    EXIT_BLOCKED,
-    EXIT_BUSY,
-    EXIT_OK,
-    FAILED,
-    FINISHED,
-    SKIPPED,
-    STDOUT_LOG,
-    GridResult,
-    RunOutcome,
-    absolute_uri,
-    child_env,
-    plan,
-    train_command,
-    write_launch_config,
-)
+from md2bench.grid import Grid
+from md2bench.launch.command import absolute_uri, child_env, train_command, write_launch_config
+from md2bench.launch.outcome import BLOCKED, BUSY, FAILED, FINISHED, SKIPPED, GridResult, RunOutcome
+from md2bench.launch.plan import plan
 from md2bench.tracking import Heartbeat, MLflowTracker, git_commit, resolve_uri
+from md2bench.train.rundir import EXIT_BLOCKED, EXIT_BUSY, EXIT_FINISHED, STDOUT_NAME
 
 STOP_GRACE_S = 60.0  # how long the trainer gets to checkpoint when the task is pre-empted
 
@@ -83,7 +69,7 @@ class TrainJob(submitit.helpers.Checkpointable):
                 )
                 code = self._proc.wait()
                 self._proc = None
-            if code == EXIT_OK:
+            if code == EXIT_FINISHED:
                 return {"state": FINISHED, "returncode": code, "attempts": attempt}
             if code == EXIT_BLOCKED:
                 return {"state": BLOCKED, "returncode": code, "attempts": attempt, "message": _tail(log_path)}
@@ -220,7 +206,7 @@ def run_grid_slurm(
             env = child_env(None, base={})
             envs.append({k: env[k] for k in ("PYTHONPATH", "PYTHONUNBUFFERED")})
             cwds.append(os.getcwd())
-            logs.append(str((o.spec.run_dir / STDOUT_LOG).resolve()))
+            logs.append(str((o.spec.run_dir / STDOUT_NAME).resolve()))
             tries.append(retries)
         executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
         params: dict[str, Any] = {
