@@ -195,38 +195,10 @@ def run_grid_slurm(
             todo.append(o)
         outcomes.append(o)
 
-    jobs: list[Any] = []
-    if todo:
-        device = "cpu" if gpus_per_run == 0 else "auto"
-        cmds, envs, cwds, logs, tries = [], [], [], [], []
-        for o in todo:
-            path = write_launch_config(o.spec, device, "slurm")
-            cmds.append(train_command(path, o.spec, uri, grid.name, parent.run_id))
-            # Slurm (or the local executor) decides the visible GPUs: only make md2bench importable.
-            env = child_env(None, base={})
-            envs.append({k: env[k] for k in ("PYTHONPATH", "PYTHONUNBUFFERED")})
-            cwds.append(os.getcwd())
-            logs.append(str((o.spec.run_dir / STDOUT_NAME).resolve()))
-            tries.append(retries)
-        executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
-        params: dict[str, Any] = {
-            "name": f"md2bench-{grid.name}",
-            "timeout_min": int(time_min),
-            "gpus_per_node": int(gpus_per_run),
-            "cpus_per_task": int(cpus_per_run or 1 + max(o.spec.config.data.num_workers for o in todo)),
-            "slurm_signal_delay_s": 120,
-        }
-        if mem_gb is not None:
-            params["mem_gb"] = mem_gb
-        if partition:
-            params["slurm_partition"] = partition
-        if array_parallelism:
-            params["slurm_array_parallelism"] = int(array_parallelism)
-        executor.update_parameters(**params)
-        jobs = executor.map_array(TrainJob(), cmds, envs, cwds, logs, tries)
-        for o, job in zip(todo, jobs):
-            o.state, o.device, o.message = "submitted", f"job {job.job_id}", ""
-            out.write(f"submit {o.spec.run_name} ({o.spec.run_key}) as job {job.job_id}\n")
+    jobs = _submit(todo, grid.name, uri, parent, folder, out, partition=partition, time_min=time_min,
+                   gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run, mem_gb=mem_gb, retries=retries,
+                   array_parallelism=array_parallelism, cluster=cluster) if todo else []
+    if jobs:
         parent.log_params({"grid.jobs": ",".join(str(j.job_id) for j in jobs)[:6000], "grid.runs": len(specs)})
     out.flush()
 
@@ -240,6 +212,55 @@ def run_grid_slurm(
     with Heartbeat(parent):
         while not all(job.done() for job in jobs):
             time.sleep(poll_s)
+    _collect(todo, jobs, out)
+    result = GridResult(grid.name, parent.run_id, outcomes)
+    counts = result.counts()
+    parent.log_metrics({f"grid/{s}": float(n) for s, n in counts.items()}, step=0)
+    parent.end("FAILED" if FAILED in counts else "FINISHED")
+    out.write(f"grid {grid.name}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + "\n")
+    out.flush()
+    return result
+
+
+def _submit(todo: Sequence[RunOutcome], experiment: str, uri: str, parent: Any, folder: str | Path, out: TextIO, *,
+            partition: str | None, time_min: int, gpus_per_run: int, cpus_per_run: int | None,
+            mem_gb: float | None, retries: int, array_parallelism: int | None, cluster: str | None) -> list[Any]:
+    """Write each run's launch config and submit one array task per run (``TrainJob``); the submitit jobs."""
+    device = "cpu" if gpus_per_run == 0 else "auto"
+    cmds, envs, cwds, logs, tries = [], [], [], [], []
+    for o in todo:
+        path = write_launch_config(o.spec, device, "slurm")
+        cmds.append(train_command(path, o.spec, uri, experiment, parent.run_id))
+        # Slurm (or the local executor) decides the visible GPUs: only make md2bench importable.
+        env = child_env(None, base={})
+        envs.append({k: env[k] for k in ("PYTHONPATH", "PYTHONUNBUFFERED")})
+        cwds.append(os.getcwd())
+        logs.append(str((o.spec.run_dir / STDOUT_NAME).resolve()))
+        tries.append(retries)
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    params: dict[str, Any] = {
+        "name": f"md2bench-{experiment}",
+        "timeout_min": int(time_min),
+        "gpus_per_node": int(gpus_per_run),
+        "cpus_per_task": int(cpus_per_run or 1 + max(o.spec.config.data.num_workers for o in todo)),
+        "slurm_signal_delay_s": 120,
+    }
+    if mem_gb is not None:
+        params["mem_gb"] = mem_gb
+    if partition:
+        params["slurm_partition"] = partition
+    if array_parallelism:
+        params["slurm_array_parallelism"] = int(array_parallelism)
+    executor.update_parameters(**params)
+    jobs = executor.map_array(TrainJob(), cmds, envs, cwds, logs, tries)
+    for o, job in zip(todo, jobs):
+        o.state, o.device, o.message = "submitted", f"job {job.job_id}", ""
+        out.write(f"submit {o.spec.run_name} ({o.spec.run_key}) as job {job.job_id}\n")
+    return list(jobs)
+
+
+def _collect(todo: Sequence[RunOutcome], jobs: Sequence[Any], out: TextIO) -> None:
+    """Fill each waited-for outcome from its finished task (state, exit code, attempts, message)."""
     for o, job in zip(todo, jobs):
         o.attempts = 1
         try:
@@ -250,13 +271,6 @@ def run_grid_slurm(
         except Exception as exc:  # the task raised (trainer failed on every attempt) or Slurm killed it
             o.state, o.message = FAILED, str(exc)
         out.write(f"{o.state:8s} {o.spec.run_name} ({o.spec.run_key})\n")
-    result = GridResult(grid.name, parent.run_id, outcomes)
-    counts = result.counts()
-    parent.log_metrics({f"grid/{s}": float(n) for s, n in counts.items()}, step=0)
-    parent.end("FAILED" if FAILED in counts else "FINISHED")
-    out.write(f"grid {grid.name}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + "\n")
-    out.flush()
-    return result
 
 
 __all__ = ["TrainJob", "run_grid_slurm"]
