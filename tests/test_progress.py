@@ -12,27 +12,26 @@ from md2bench.grid import load_grid
 from md2bench.launch.display import grid_progress
 from md2bench.launch.local import _Active, _update_progress
 from md2bench.launch.outcome import RunOutcome
-from md2bench.train.rundir import PROGRESS_NAME, Progress, ProgressWriter, write_progress
-from md2bench.train.rundir import read_progress as read_progress_file
+from md2bench.train.rundir import PROGRESS_NAME, Progress, ProgressWriter, read_progress, write_progress
 
 
 def test_writer_throttles_and_the_reader_sees_whole_files(tmp_path: Path) -> None:
     writer = ProgressWriter(tmp_path, total=100, batch_size=8, every_s=0.2)
     assert writer.update(0, force=True)
-    first = read_progress_file(tmp_path)
+    first = read_progress(tmp_path)
     assert first is not None and (first.step, first.total, first.phase, first.images_per_s) == (0, 100, "train", None)
     assert not writer.update(1)  # within every_s: not written
-    assert read_progress_file(tmp_path).step == 0
+    assert read_progress(tmp_path).step == 0
     assert writer.update(5, "validate")  # a new phase is written at once
-    assert read_progress_file(tmp_path).phase == "validate"
+    assert read_progress(tmp_path).phase == "validate"
     writer.update(5, "train", force=True)
     time.sleep(0.25)
     assert writer.update(10)
-    again = read_progress_file(tmp_path)
+    again = read_progress(tmp_path)
     assert again.step == 10 and again.images_per_s == pytest.approx(5 * 8 / 0.25, rel=0.5)  # 5 steps of 8 images
     assert not list(tmp_path.glob(".*tmp*"))  # no temp file left behind
     (tmp_path / PROGRESS_NAME).write_text("{half")  # a broken file reads as no progress, not an error
-    assert read_progress_file(tmp_path) is None
+    assert read_progress(tmp_path) is None
     with pytest.raises(ValueError, match="unknown phase"):
         write_progress(tmp_path, Progress(1, 2, "sleeping", None, time.time()))
 

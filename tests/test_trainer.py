@@ -260,9 +260,9 @@ def test_short_training_learns_and_is_tracked(worlds: dict[str, Path], tmp_path:
     assert result.run_dir == run_dir
     for name in ("checkpoint.pt", "config.toml", "train.log", "DONE", "eval/per_image.csv", "images/epoch_4.png"):
         assert (run_dir / name).is_file(), name
-    from md2bench.train.rundir import read_progress as read_progress_file
+    from md2bench.train.rundir import read_progress
 
-    final = read_progress_file(run_dir)  # the structured progress the orchestrator's grid bar reads
+    final = read_progress(run_dir)  # the structured progress the orchestrator's grid bar reads
     assert final is not None and (final.step, final.total, final.phase) == (45, 45, "done")
     assert load_config(run_dir / "config.toml").run_key == cfg.run_key
 

@@ -31,7 +31,7 @@ import submitit
 from md2bench.grid import Grid
 from md2bench.launch.command import absolute_uri, child_env, train_command, write_launch_config
 from md2bench.launch.outcome import BLOCKED, BUSY, FAILED, FINISHED, SKIPPED, GridResult, RunOutcome
-from md2bench.launch.plan import plan
+from md2bench.launch.plan import describe_plan, plan
 from md2bench.tracking import Heartbeat, MLflowTracker, git_commit, resolve_uri
 from md2bench.train.rundir import EXIT_BLOCKED, EXIT_BUSY, EXIT_FINISHED, STDOUT_NAME
 
@@ -163,8 +163,8 @@ def run_grid_slurm(
     uri = absolute_uri(resolve_uri(tracking_uri))
     if dry_run:
         items = plan(specs, None, grid.name)
-        for item in items:
-            out.write(f"{item.spec.run_name}  {item.spec.run_key}  {item.action}  {item.reason}".rstrip() + "\n")
+        if items:
+            out.write(describe_plan(items) + "\n")
         todo = sum(1 for i in items if i.action != "skip")
         out.write(f"would submit {todo} array task(s) ({gpus_per_run} GPU, {time_min} min each"
                   f"{', partition ' + partition if partition else ''}) to {cluster or 'slurm'}; store {uri}\n")

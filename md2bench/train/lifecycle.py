@@ -15,13 +15,16 @@ import os
 import signal
 import threading
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
 from md2bench.config import Config
 from md2bench.train.device import device_tag
 from md2bench.train.rundir import LOG_NAME, PARENT_PID_ENV, RunBusyError
+
+if TYPE_CHECKING:
+    from md2bench.tracking import Tracker
 
 PARENT_POLL_S = 1.0
 
@@ -163,14 +166,16 @@ class RunLifecycle:
         self.ended = True
         try:
             if failure:
-                self.run.set_tags({"md2bench.failure": failure[:5000]})
+                from md2bench.tracking import FAILURE_TAG
+
+                self.run.set_tags({FAILURE_TAG: failure[:5000]})
             self.run.end(status, reason)
         except Exception as exc:  # e.g. the store's disk is full: the next invocation marks the run instead
             self.logger.warning("could not mark MLflow run %s %s: %s", self.run.run_id, status, exc)
 
 
 def claim_tracked_run(
-    tracker: Any,
+    tracker: Tracker | None,
     cfg: Config,
     device: torch.device,
     run_dir: Path,

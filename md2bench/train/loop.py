@@ -52,7 +52,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 from torch.utils.data import DataLoader
@@ -85,6 +85,9 @@ from md2bench.train.step import (
     train_step,
 )
 from md2bench.train.validate import epoch_figure, validate
+
+if TYPE_CHECKING:
+    from md2bench.tracking import Tracker
 
 # The method, data, models and evaluation modules are imported inside the functions that use them.
 
@@ -148,7 +151,7 @@ class _Options:
 
 def fit(
     cfg: Config,
-    tracker: Any = None,
+    tracker: Tracker | None = None,
     *,
     experiment: str = "md2bench",
     run_name: str | None = None,
@@ -162,7 +165,7 @@ def fit(
 
     Args:
         cfg: the run's configuration.
-        tracker: an ``md2bench.tracking.MLflowTracker``; None trains without MLflow (run folder only).
+        tracker: a ``md2bench.tracking.Tracker`` (``MLflowTracker``); None trains without MLflow (run folder only).
         experiment: MLflow experiment name.
         run_name: MLflow run name (default ``cfg.name``), e.g. ``"baseline/seed0"``.
         tags: extra MLflow tags (e.g. ``{"md2bench.grid": "synth-ablation"}``).
@@ -331,7 +334,7 @@ class _Training:
         return self.run_dir / CHECKPOINT_NAME
 
 
-def _fit_locked(cfg: Config, tracker: Any, run_dir: Path, logger: logging.Logger, stop: StopFlag,
+def _fit_locked(cfg: Config, tracker: Tracker | None, run_dir: Path, logger: logging.Logger, stop: StopFlag,
                 life: RunLifecycle, opts: _Options) -> RunResult:
     """Start (or resume) the run, claim it in the store, then train it: ``fit`` under the run's lock."""
     t = _start(cfg, tracker, run_dir, logger, stop, life)
@@ -360,7 +363,7 @@ def _fit_locked(cfg: Config, tracker: Any, run_dir: Path, logger: logging.Logger
     return _train(t, tracker, opts)
 
 
-def _start(cfg: Config, tracker: Any, run_dir: Path, logger: logging.Logger, stop: StopFlag,
+def _start(cfg: Config, tracker: Tracker | None, run_dir: Path, logger: logging.Logger, stop: StopFlag,
            life: RunLifecycle) -> _Training:
     """Check the store, seed, build the networks, optimiser, schedule and loaders (before any tracking, so a
     missing weights file leaves no run)."""
@@ -439,7 +442,7 @@ def _build_loaders(cfg: Config, device: torch.device) -> tuple[EpochSampler, Dat
     return sampler, train_loader, val_loader
 
 
-def _resume(t: _Training, tracker: Any) -> tuple[str | None, bool]:
+def _resume(t: _Training, tracker: Tracker | None) -> tuple[str | None, bool]:
     """Load the checkpoint into ``t`` if there is one; ``(previous MLflow run id, same run key)``.
 
     Without a checkpoint but with a tracker, the run id of ``mlflow_run.json``: a run killed before its first
@@ -460,7 +463,8 @@ def _resume(t: _Training, tracker: Any) -> tuple[str | None, bool]:
     return None, False
 
 
-def _finished_elsewhere(tracker: Any, run_id: str | None, run_dir: Path, logger: logging.Logger) -> RunResult:
+def _finished_elsewhere(tracker: Tracker | None, run_id: str | None, run_dir: Path,
+                        logger: logging.Logger) -> RunResult:
     """The result for a key the store already holds FINISHED (trained from another folder or machine)."""
     metrics = {k: float(v) for k, v in tracker.get_run(run_id).data.metrics.items() if k.startswith("test/")}
     message = (f"already finished in MLflow run {run_id} (trained from another folder or machine); nothing to "
@@ -470,7 +474,7 @@ def _finished_elsewhere(tracker: Any, run_id: str | None, run_dir: Path, logger:
 
 
 # ============================================================================================ the loop
-def _train(t: _Training, tracker: Any, opts: _Options) -> RunResult:
+def _train(t: _Training, tracker: Tracker | None, opts: _Options) -> RunResult:
     """Train from ``t.pos`` to the stop point and end the run; every outcome of the loop is handled here."""
     from tqdm.auto import tqdm
 
