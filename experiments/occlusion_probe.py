@@ -1,0 +1,169 @@
+"""Occlusion probe: does *averaging* the two sources' photometric errors pull occluded pixels away from their true
+depth in the synthetic world, as the paper's Fig. 3 says it does on KITTI — and does the per-pixel *minimum* not?
+
+No network is trained. For validation frames of the world, the exact depth of the target frame is multiplied by a
+scale ``s`` (the same for the whole image, ``--scales`` values log-spaced in [1/``--range``, ``--range``], 1
+included) and the two temporal sources (−1, +1) are warped into the target with the exact poses, through
+md2bench's own ``geometry.warp`` and ``losses.photometric_error`` (SSIM + L1, as training). For every pixel
+with ground truth this gives one error curve per source; the probe takes, per pixel, the scale that minimises
+
+- ``avg``: the mean of the two sources' errors (``loss.reprojection = "avg"``), and
+- ``min``: their per-pixel minimum (``loss.reprojection = "min"``, the paper's),
+
+and reports, for the world's ``occluded`` region mask (hidden or out of view in at least one source) — split
+into *out of view* (the exact projection leaves a source image) and *hidden* (behind another surface) — and for
+the other pixels (split by the ``low_texture`` mask): the fraction of pixels whose minimiser is within ±``--tol`` of the truth (``at_truth``) and
+the median \|log s*\| (``median_log_err``). Where averaging pulls occluded pixels to a wrong depth, ``avg`` has
+fewer of them at the truth than ``min``. One JSON line per region and reduction, and a summary line.
+
+With ``--checkpoint LABEL=PATH`` (repeatable) the probe also scores trained models on the same pixels: each
+checkpoint's depth of the target frame (network resolution, per-image median scaling as the evaluation, GT
+0–80 m) gives one line per region with the pixel-pooled abs rel — the trained counterpart of ``at_truth``.
+
+This is how the README explains why "removing min reprojection worsens the occluded-pixel error" does not show
+on the synthetic world (``reports/cpu-ablation*``).
+
+    python experiments/occlusion_probe.py --batches 16
+    python experiments/occlusion_probe.py --batches 16 --checkpoint min=md2bench_runs/<key>/checkpoint.pt \
+        --checkpoint avg=md2bench_runs/<key>/checkpoint.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from md2bench import method
+from md2bench.checkpoint import load_for_inference
+from md2bench.config import load_config
+from md2bench.data.kitti import KITTI_BASELINE, build_dataset
+from md2bench.geometry import backproject, project_to_grid, warp
+from md2bench.losses import photometric_error
+from md2bench.regions import REGION_NAMES
+from md2bench.train.loop import resolve_data
+
+DEFAULTS = ["data.synth_preset=default", "data.height=64", "data.width=192", "train.batch_size=8",
+            "train.device=cpu", "model.pose_source=gt"]
+
+
+LABELS = ("not occluded", "occluded", "occluded, out of view", "occluded, hidden", "not occluded, textured",
+          "not occluded, low texture")
+
+
+def scale_grid(count: int, spread: float) -> torch.Tensor:
+    """``count`` (odd) scales log-spaced in [1/spread, spread]; the middle one is exactly 1."""
+    if count < 3 or count % 2 == 0:
+        raise SystemExit("--scales must be an odd number >= 3 (the middle scale is the truth)")
+    return torch.exp(torch.linspace(-math.log(spread), math.log(spread), count)).double()
+
+
+def out_of_view(depth: torch.Tensor, T: torch.Tensor, K: torch.Tensor, inv_K: torch.Tensor) -> torch.Tensor:
+    """B×H×W bool: the exact projection of the pixel's point leaves (or is behind) at least one source camera."""
+    batch, _, height, width = depth.shape
+    points = backproject(depth, inv_K)
+    outside = torch.zeros(batch, height, width, dtype=torch.bool)
+    for n in range(T.shape[1]):
+        grid = project_to_grid(points, K, T[:, n], height, width)
+        cam_z = (T[:, n] @ points)[:, 2].reshape(batch, height, width)
+        outside |= (grid.abs() > 1).any(dim=-1) | (cam_z <= 0)
+    return outside
+
+
+@torch.no_grad()
+def abs_rel_per_pixel(models, cfg, images: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> np.ndarray:
+    """abs rel of a trained model's depth at every ``valid`` pixel (B×H×W GT in metres, the images' size), each
+    image median-scaled on its pixels with 0 < GT < 80 m and the prediction clamped to [1e-3, 80] as in
+    evaluation; pixels in ``valid`` order."""
+    depth = 1.0 / method.predict_disparity(models, images, cfg)[:, 0]
+    out = []
+    for b in range(images.shape[0]):
+        scored = valid[b] & (gt[b] < 80.0)
+        ratio = gt[b][scored].median() / depth[b][scored].median()
+        pred = (depth[b] * ratio).clamp(1e-3, 80.0)
+        err = ((pred - gt[b]).abs() / gt[b].clamp_min(1e-6))[valid[b]]
+        err[~scored[valid[b]]] = float("nan")
+        out.append(err.numpy())
+    return np.concatenate(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", type=int, default=8, help="validation batches (of train.batch_size frames)")
+    parser.add_argument("--scales", type=int, default=31)
+    parser.add_argument("--range", type=float, default=2.0, help="scales from 1/range to range")
+    parser.add_argument("--tol", type=float, default=0.1, help="'at the truth': |s* - 1| within this (log)")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="LABEL=PATH",
+                        help="also score a trained model's depth on the same pixels (repeatable)")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    trained = {}
+    for item in args.checkpoint:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise SystemExit(f"--checkpoint takes LABEL=PATH (e.g. min=md2bench_runs/<key>/checkpoint.pt), got {item!r}")
+        trained[label] = load_for_inference(path, "cpu")
+
+    cfg = resolve_data(load_config("synth", DEFAULTS + list(args.overrides)))
+    temporal = [i for i, f in enumerate(cfg.source_ids) if f != "s"]
+    if len(temporal) != 2:
+        raise SystemExit(f"the probe needs two temporal sources (frames 0, -1, 1), got {cfg.source_ids}")
+    data = build_dataset(cfg, "val", load_depth=True, load_regions=True)
+    loader = torch.utils.data.DataLoader(data, batch_size=cfg.train.batch_size, shuffle=False)
+    scales = scale_grid(args.scales, args.range)
+    log_s = scales.log().numpy()
+    found: dict[str, list[np.ndarray]] = {"avg": [], "min": []}
+    groups: list[np.ndarray] = []  # 0 = not occluded, 1 = out of view, 2 = hidden (occluded, in view)
+    flat: list[np.ndarray] = []  # the low_texture mask
+    scored: dict[str, list[np.ndarray]] = {label: [] for label in trained}  # per-pixel abs rel of each model
+    for b, batch in enumerate(loader):
+        if b == args.batches:
+            break
+        inputs = method.prepare_inputs(batch, cfg, "cpu")
+        size = tuple(inputs.raw[0].shape[-2:])
+        metres = F.interpolate(batch["depth_gt"].float(), size=size, mode="nearest")
+        valid = metres[:, 0] > 0
+        depth = torch.where(metres > 0, metres / (10.0 * KITTI_BASELINE), torch.full_like(metres, 60.0))
+        T = inputs.pose_gt[:, [cfg.frames.index(cfg.source_ids[i]) for i in temporal]]
+        K, inv_K = inputs.K[0], inputs.inv_K[0]
+        target, sources = inputs.raw[0][:, 0], inputs.raw[0][:, [1 + i for i in temporal]]
+        curves = torch.stack([photometric_error(warp(sources, depth * s, T, K, inv_K), target.unsqueeze(1), True)
+                              for s in scales.float()], dim=1)  # B×S×N×H×W
+        regions = F.interpolate(batch["region_masks"].float(), size=size, mode="nearest") > 0
+        occluded = regions[:, REGION_NAMES.index("occluded")]
+        group = torch.where(occluded, torch.where(out_of_view(depth, T, K, inv_K), 1, 2), 0)
+        groups.append(group[valid].numpy())
+        flat.append(regions[:, REGION_NAMES.index("low_texture")][valid].numpy())
+        for name, reduced in (("avg", curves.mean(dim=2)), ("min", curves.min(dim=2).values)):
+            found[name].append(log_s[reduced.argmin(dim=1)[valid].numpy()])
+        for label, (model_cfg, models) in trained.items():
+            scored[label].append(abs_rel_per_pixel(models, model_cfg, target, metres[:, 0], valid))
+    group, low = np.concatenate(groups), np.concatenate(flat)
+    tol = math.log(1 + args.tol)
+    summary: dict[str, float] = {}
+    selections = (group == 0, group > 0, group == 1, group == 2, (group == 0) & ~low, (group == 0) & low)
+    for label, select in zip(LABELS, selections):
+        for name in ("avg", "min"):
+            err = np.abs(np.concatenate(found[name])[select])
+            line = {"region": label, "reduce": name, "pixels": int(select.sum()),
+                    "share": round(float(select.mean()), 4),
+                    "at_truth": round(float((err <= tol).mean()), 4) if err.size else None,
+                    "median_log_err": round(float(np.median(err)), 4) if err.size else None}
+            summary[f"{label}/{name}"] = line["at_truth"] or 0.0
+            print(json.dumps(line), flush=True)
+    for label in trained:
+        err = np.concatenate(scored[label])
+        for region, select in zip(LABELS, selections):
+            print(json.dumps({"checkpoint": label, "region": region, "pixels": int(select.sum()),
+                              "abs_rel": round(float(np.nanmean(err[select])), 4) if select.any() else None}), flush=True)
+    print(json.dumps({"summary": "at_truth, min minus avg",
+                      **{label: round(summary[f"{label}/min"] - summary[f"{label}/avg"], 4)
+                         for label in LABELS}}))
+
+
+if __name__ == "__main__":
+    main()

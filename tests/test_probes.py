@@ -1,0 +1,125 @@
+"""experiments/occlusion_probe.py: its out-of-view test on hand-made geometry, and the script as a user runs it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "occlusion_probe.py"
+
+
+def _probe():
+    spec = importlib.util.spec_from_file_location("occlusion_probe", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _camera(height: int, width: int, f: float = 100.0) -> tuple[torch.Tensor, torch.Tensor]:
+    K = torch.eye(4)
+    K[0, 0] = K[1, 1] = f
+    K[0, 2], K[1, 2] = (width - 1) / 2, (height - 1) / 2
+    return K[None], torch.linalg.inv(K)[None]
+
+
+def test_out_of_view_marks_the_columns_a_sideways_shift_pushes_out() -> None:
+    """Depth 10, f = 100 px: a source camera whose transform adds 0.55 to x sees every point 5.5 px further
+    right, so the last 6 columns (u + 5.5 > W − 1) leave the image and nothing else does."""
+    probe = _probe()
+    height, width = 8, 20
+    K, inv_K = _camera(height, width)
+    depth = torch.full((1, 1, height, width), 10.0)
+    T = torch.eye(4).repeat(1, 2, 1, 1)
+    T[0, 1, 0, 3] = 0.55  # source 0: identity (nothing leaves); source 1: the shift
+    outside = probe.out_of_view(depth, T, K, inv_K)
+    expected = torch.zeros(1, height, width, dtype=torch.bool)
+    expected[..., width - 6:] = True
+    assert torch.equal(outside, expected)
+
+
+def test_out_of_view_marks_points_behind_the_source_camera() -> None:
+    """A source 20 units ahead of points at depth 10 has them all behind it: all out of view, even the centre
+    pixel whose projection would land in the image."""
+    probe = _probe()
+    K, inv_K = _camera(5, 7)
+    depth = torch.full((1, 1, 5, 7), 10.0)
+    T = torch.eye(4).repeat(1, 2, 1, 1)
+    T[0, 0, 2, 3] = -20.0
+    assert bool(probe.out_of_view(depth, T, K, inv_K).all())
+
+
+def test_scale_grid_is_log_symmetric_around_the_truth() -> None:
+    probe = _probe()
+    scales = probe.scale_grid(5, 2.0)
+    assert scales[2].item() == 1.0
+    assert torch.allclose(scales.log(), torch.tensor([-1, -0.5, 0, 0.5, 1], dtype=torch.float64) * math.log(2.0))
+    with pytest.raises(SystemExit, match="odd"):
+        probe.scale_grid(4, 2.0)
+
+
+@pytest.mark.slow
+def test_occlusion_probe_runs_on_a_tiny_world(tmp_path: Path) -> None:
+    """The script on a tiny rendered world: one line per region and reduction, the shares add up (occluded =
+    out of view + hidden; not occluded = textured + low texture; occluded + not occluded = all), fractions in
+    [0, 1], and a summary line."""
+    from md2bench.data.synthetic import render_world
+
+    world = render_world(tmp_path / "tiny", preset="tiny", progress=False).root
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--batches", "1", "--scales", "5", f"data.path={world}",
+         "data.synth_preset=tiny", "data.height=64", "data.width=160", "train.batch_size=2"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    rows = {(line["region"], line["reduce"]): line for line in lines if "region" in line}
+    assert set(rows) == {(region, reduce) for region in
+                         ("not occluded", "occluded", "occluded, out of view", "occluded, hidden",
+                          "not occluded, textured", "not occluded, low texture")
+                         for reduce in ("avg", "min")}
+    pixels = {region: rows[(region, "min")]["pixels"] for region, _ in rows}
+    assert pixels["occluded"] == pixels["occluded, out of view"] + pixels["occluded, hidden"]
+    assert pixels["not occluded"] == pixels["not occluded, textured"] + pixels["not occluded, low texture"]
+    assert pixels["not occluded"] > 0 and pixels["occluded"] > 0
+    assert abs(rows[("occluded", "avg")]["share"] + rows[("not occluded", "avg")]["share"] - 1.0) < 1e-3
+    for line in rows.values():
+        if line["pixels"]:
+            assert 0.0 <= line["at_truth"] <= 1.0 and line["median_log_err"] >= 0.0
+    assert lines[-1]["summary"].startswith("at_truth")
+
+
+def test_abs_rel_per_pixel_is_median_scaled_and_skips_far_gt() -> None:
+    """The trained-model score of the probe, on a real (untrained) network: the per-image median scaling makes it
+    blind to the GT's scale, pixels with GT >= 80 m are NaN, and the numbers equal the formula at one pixel."""
+    from md2bench import method
+    from md2bench.config import load_config
+    from md2bench.models import build_models
+
+    probe = _probe()
+    cfg = load_config("synth", ["model.pretrained=scratch", "data.height=64", "data.width=64"])
+    torch.manual_seed(0)
+    models = build_models(cfg).eval()
+    images = torch.rand(2, 3, 64, 64)
+    gt = torch.rand(2, 64, 64) * 19 + 1
+    gt[0, 0, :5] = 90.0  # beyond the evaluation's 80 m
+    valid = torch.ones(2, 64, 64, dtype=torch.bool)
+    valid[1, 10:20] = False
+    err = probe.abs_rel_per_pixel(models, cfg, images, gt, valid)
+    assert err.shape == (int(valid.sum()),)
+    assert int(torch.isnan(torch.from_numpy(err)).sum()) == 5
+    assert torch.allclose(torch.from_numpy(probe.abs_rel_per_pixel(models, cfg, images, gt * 2, valid)),
+                          torch.from_numpy(err), equal_nan=True, atol=1e-5)
+    with torch.no_grad():
+        depth = 1.0 / method.predict_disparity(models, images, cfg)[1, 0]
+    scored = valid[1] & (gt[1] < 80)
+    ratio = gt[1][scored].median() / depth[scored].median()
+    expected = ((depth[30, 7] * ratio).clamp(1e-3, 80) - gt[1, 30, 7]).abs() / gt[1, 30, 7]
+    index = int(valid[0].sum()) + int(valid[1].reshape(-1)[: 30 * 64 + 7].sum())
+    assert abs(float(err[index]) - float(expected)) < 1e-5
