@@ -44,6 +44,7 @@ from md2bench.config import load_config
 from md2bench.data.kitti import KITTI_BASELINE, build_dataset
 from md2bench.geometry import backproject, project_to_grid, warp
 from md2bench.losses import photometric_error
+from md2bench.metrics import MAX_DEPTH, MIN_DEPTH, median_scale, protocol_for_split, valid_mask
 from md2bench.regions import REGION_NAMES
 from md2bench.train.loop import resolve_data
 
@@ -76,18 +77,19 @@ def out_of_view(depth: torch.Tensor, T: torch.Tensor, K: torch.Tensor, inv_K: to
 
 @torch.no_grad()
 def abs_rel_per_pixel(models, cfg, images: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> np.ndarray:
-    """abs rel of a trained model's depth at every ``valid`` pixel (B×H×W GT in metres, the images' size), each
-    image median-scaled on its pixels with 0 < GT < 80 m and the prediction clamped to [1e-3, 80] as in
-    evaluation; pixels in ``valid`` order."""
-    depth = 1.0 / method.predict_disparity(models, images, cfg)[:, 0]
+    """abs rel of a trained model's depth at every ``valid`` pixel (B×H×W GT in metres, the images' size): each
+    image median-scaled on the pixels the synthetic test protocol scores (``metrics.valid_mask``, 0 < GT < 80 m)
+    and the prediction clipped to [MIN_DEPTH, MAX_DEPTH] as in evaluation; NaN where the protocol does not score
+    (GT >= 80 m); pixels in ``valid`` order."""
+    depth = (1.0 / method.predict_disparity(models, images, cfg)[:, 0]).numpy()
+    protocol = protocol_for_split("synth")
     out = []
     for b in range(images.shape[0]):
-        scored = valid[b] & (gt[b] < 80.0)
-        ratio = gt[b][scored].median() / depth[b][scored].median()
-        pred = (depth[b] * ratio).clamp(1e-3, 80.0)
-        err = ((pred - gt[b]).abs() / gt[b].clamp_min(1e-6))[valid[b]]
-        err[~scored[valid[b]]] = float("nan")
-        out.append(err.numpy())
+        g, keep = gt[b].numpy(), valid[b].numpy()
+        scored = valid_mask(g, protocol) & keep
+        _, ratio = median_scale(g[scored], depth[b][scored])
+        err = np.abs(np.clip(depth[b] * ratio, MIN_DEPTH, MAX_DEPTH) - g) / np.maximum(g, 1e-6)
+        out.append(np.where(scored, err, np.nan)[keep])
     return np.concatenate(out)
 
 
