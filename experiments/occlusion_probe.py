@@ -12,8 +12,10 @@ with ground truth this gives one error curve per source; the probe takes, per pi
 
 and reports, for the world's ``occluded`` region mask (hidden or out of view in at least one source) — split
 into *out of view* (the exact projection leaves a source image) and *hidden* (behind another surface) — and for
-the other pixels (split by the ``low_texture`` mask): the fraction of pixels whose minimiser is within ±``--tol`` of the truth (``at_truth``) and
-the median \|log s*\| (``median_log_err``). Where averaging pulls occluded pixels to a wrong depth, ``avg`` has
+the other pixels (split by the ``low_texture`` mask): the fraction of pixels whose minimiser is within
+±``--tol`` of the truth (``at_truth``) and the median \|log s*\| (``median_log_err``); and, for pixels out of
+view in one source, how often the minimum at the true depth picks that source (whose sample is the clamped image
+border) over the one that sees the point. Where averaging pulls occluded pixels to a wrong depth, ``avg`` has
 fewer of them at the truth than ``min``. One JSON line per region and reduction, and a summary line.
 
 With ``--checkpoint LABEL=PATH`` (repeatable) the probe also scores trained models on the same pixels: each
@@ -63,16 +65,21 @@ def scale_grid(count: int, spread: float) -> torch.Tensor:
     return torch.exp(torch.linspace(-math.log(spread), math.log(spread), count)).double()
 
 
-def out_of_view(depth: torch.Tensor, T: torch.Tensor, K: torch.Tensor, inv_K: torch.Tensor) -> torch.Tensor:
-    """B×H×W bool: the exact projection of the pixel's point leaves (or is behind) at least one source camera."""
+def outside_each_source(depth: torch.Tensor, T: torch.Tensor, K: torch.Tensor, inv_K: torch.Tensor) -> torch.Tensor:
+    """B×N×H×W bool: the exact projection of the pixel's point leaves (or is behind) source camera n."""
     batch, _, height, width = depth.shape
     points = backproject(depth, inv_K)
-    outside = torch.zeros(batch, height, width, dtype=torch.bool)
+    outside = []
     for n in range(T.shape[1]):
         grid = project_to_grid(points, K, T[:, n], height, width)
         cam_z = (T[:, n] @ points)[:, 2].reshape(batch, height, width)
-        outside |= (grid.abs() > 1).any(dim=-1) | (cam_z <= 0)
-    return outside
+        outside.append((grid.abs() > 1).any(dim=-1) | (cam_z <= 0))
+    return torch.stack(outside, dim=1)
+
+
+def out_of_view(depth: torch.Tensor, T: torch.Tensor, K: torch.Tensor, inv_K: torch.Tensor) -> torch.Tensor:
+    """B×H×W bool: the exact projection of the pixel's point leaves (or is behind) at least one source camera."""
+    return outside_each_source(depth, T, K, inv_K).any(dim=1)
 
 
 @torch.no_grad()
@@ -121,6 +128,7 @@ def main() -> None:
     found: dict[str, list[np.ndarray]] = {"avg": [], "min": []}
     groups: list[np.ndarray] = []  # 0 = not occluded, 1 = out of view, 2 = hidden (occluded, in view)
     flat: list[np.ndarray] = []  # the low_texture mask
+    picks_outside: list[np.ndarray] = []  # per pixel out of view in one source: min picks that source at s = 1
     scored: dict[str, list[np.ndarray]] = {label: [] for label in trained}  # per-pixel abs rel of each model
     for b, batch in enumerate(loader):
         if b == args.batches:
@@ -137,7 +145,12 @@ def main() -> None:
                               for s in scales.float()], dim=1)  # B×S×N×H×W
         regions = F.interpolate(batch["region_masks"].float(), size=size, mode="nearest") > 0
         occluded = regions[:, REGION_NAMES.index("occluded")]
-        group = torch.where(occluded, torch.where(out_of_view(depth, T, K, inv_K), 1, 2), 0)
+        outside = outside_each_source(depth, T, K, inv_K)
+        group = torch.where(occluded, torch.where(outside.any(dim=1), 1, 2), 0)
+        # at the true depth, does the minimum pick the source the pixel has left? (out of view in exactly one)
+        one_out = valid & (outside.sum(dim=1) == 1)
+        picked = curves[:, len(scales) // 2].argmin(dim=1)  # B×H×W source index at s = 1
+        picks_outside.append((outside.gather(1, picked.unsqueeze(1))[:, 0])[one_out].numpy())
         groups.append(group[valid].numpy())
         flat.append(regions[:, REGION_NAMES.index("low_texture")][valid].numpy())
         for name, reduced in (("avg", curves.mean(dim=2)), ("min", curves.min(dim=2).values)):
@@ -157,6 +170,9 @@ def main() -> None:
                     "median_log_err": round(float(np.median(err)), 4) if err.size else None}
             summary[f"{label}/{name}"] = line["at_truth"] or 0.0
             print(json.dumps(line), flush=True)
+    picks = np.concatenate(picks_outside)
+    print(json.dumps({"region": "out of view in one source", "pixels": int(picks.size),
+                      "min_picks_the_outside_source_at_truth": round(float(picks.mean()), 4) if picks.size else None}))
     for label in trained:
         err = np.concatenate(scored[label])
         for region, select in zip(LABELS, selections):

@@ -44,6 +44,9 @@ def test_out_of_view_marks_the_columns_a_sideways_shift_pushes_out() -> None:
     expected = torch.zeros(1, height, width, dtype=torch.bool)
     expected[..., width - 6:] = True
     assert torch.equal(outside, expected)
+    each = probe.outside_each_source(depth, T, K, inv_K)
+    assert each.shape == (1, 2, height, width)
+    assert not each[:, 0].any() and torch.equal(each[:, 1], expected)
 
 
 def test_out_of_view_marks_points_behind_the_source_camera() -> None:
@@ -80,7 +83,10 @@ def test_occlusion_probe_runs_on_a_tiny_world(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    rows = {(line["region"], line["reduce"]): line for line in lines if "region" in line}
+    rows = {(line["region"], line["reduce"]): line for line in lines if "reduce" in line}
+    picks = [line for line in lines if "min_picks_the_outside_source_at_truth" in line]
+    assert len(picks) == 1 and picks[0]["pixels"] > 0
+    assert 0.0 <= picks[0]["min_picks_the_outside_source_at_truth"] <= 1.0
     assert set(rows) == {(region, reduce) for region in
                          ("not occluded", "occluded", "occluded, out of view", "occluded, hidden",
                           "not occluded, textured", "not occluded, low texture")
