@@ -43,10 +43,11 @@ import torch.nn.functional as F
 from md2bench import method
 from md2bench.checkpoint import load_for_inference
 from md2bench.config import load_config
-from md2bench.data.kitti import KITTI_BASELINE, build_dataset
+from md2bench.data.kitti import build_dataset
 from md2bench.geometry import backproject, project_to_grid, warp
 from md2bench.losses import photometric_error
-from md2bench.metrics import MAX_DEPTH, MIN_DEPTH, median_scale, protocol_for_split, valid_mask
+from md2bench.metrics import (MAX_DEPTH, MIN_DEPTH, STEREO_SCALE_FACTOR, median_scale, protocol_for_split,
+                              valid_mask)
 from md2bench.regions import REGION_NAMES
 from md2bench.train.loop import resolve_data
 
@@ -77,9 +78,17 @@ def outside_each_source(depth: torch.Tensor, T: torch.Tensor, K: torch.Tensor, i
     return torch.stack(outside, dim=1)
 
 
-def out_of_view(depth: torch.Tensor, T: torch.Tensor, K: torch.Tensor, inv_K: torch.Tensor) -> torch.Tensor:
-    """B×H×W bool: the exact projection of the pixel's point leaves (or is behind) at least one source camera."""
-    return outside_each_source(depth, T, K, inv_K).any(dim=1)
+def best_scale_index(curves: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per pixel, the index of the scale that minimises the two reductions of the sources' error curves.
+
+    Args:
+        curves: B×S×N×H×W photometric error of each of N sources at each of S depth scales.
+
+    Returns:
+        ``{"avg": B×H×W, "min": B×H×W}``: argmin over S of the mean over sources (``loss.reprojection = "avg"``)
+        and of the per-pixel minimum over sources (``"min"``, the paper's).
+    """
+    return {"avg": curves.mean(dim=2).argmin(dim=1), "min": curves.min(dim=2).values.argmin(dim=1)}
 
 
 @torch.no_grad()
@@ -137,7 +146,8 @@ def main() -> None:
         size = tuple(inputs.raw[0].shape[-2:])
         metres = F.interpolate(batch["depth_gt"].float(), size=size, mode="nearest")
         valid = metres[:, 0] > 0
-        depth = torch.where(metres > 0, metres / (10.0 * KITTI_BASELINE), torch.full_like(metres, 60.0))
+        # network units, as prepare_inputs converts the exact poses; sky (no GT) far away, as pose_probe does
+        depth = torch.where(metres > 0, metres / STEREO_SCALE_FACTOR, torch.full_like(metres, 60.0))
         T = inputs.pose_gt[:, [cfg.frames.index(cfg.source_ids[i]) for i in temporal]]
         K, inv_K = inputs.K[0], inputs.inv_K[0]
         target, sources = inputs.raw[0][:, 0], inputs.raw[0][:, [1 + i for i in temporal]]
@@ -153,13 +163,13 @@ def main() -> None:
         picks_outside.append((outside.gather(1, picked.unsqueeze(1))[:, 0])[one_out].numpy())
         groups.append(group[valid].numpy())
         flat.append(regions[:, REGION_NAMES.index("low_texture")][valid].numpy())
-        for name, reduced in (("avg", curves.mean(dim=2)), ("min", curves.min(dim=2).values)):
-            found[name].append(log_s[reduced.argmin(dim=1)[valid].numpy()])
+        for name, index in best_scale_index(curves).items():
+            found[name].append(log_s[index[valid].numpy()])
         for label, (model_cfg, models) in trained.items():
             scored[label].append(abs_rel_per_pixel(models, model_cfg, target, metres[:, 0], valid))
     group, low = np.concatenate(groups), np.concatenate(flat)
     tol = math.log(1 + args.tol)
-    summary: dict[str, float] = {}
+    summary: dict[str, float | None] = {}
     selections = (group == 0, group > 0, group == 1, group == 2, (group == 0) & ~low, (group == 0) & low)
     for label, select in zip(LABELS, selections):
         for name in ("avg", "min"):
@@ -168,7 +178,7 @@ def main() -> None:
                     "share": round(float(select.mean()), 4),
                     "at_truth": round(float((err <= tol).mean()), 4) if err.size else None,
                     "median_log_err": round(float(np.median(err)), 4) if err.size else None}
-            summary[f"{label}/{name}"] = line["at_truth"] or 0.0
+            summary[f"{label}/{name}"] = line["at_truth"]
             print(json.dumps(line), flush=True)
     picks = np.concatenate(picks_outside)
     print(json.dumps({"region": "out of view in one source", "pixels": int(picks.size),
@@ -179,8 +189,11 @@ def main() -> None:
             print(json.dumps({"checkpoint": label, "region": region, "pixels": int(select.sum()),
                               "abs_rel": round(float(np.nanmean(err[select])), 4) if select.any() else None}), flush=True)
     print(json.dumps({"summary": "at_truth, min minus avg",
-                      **{label: round(summary[f"{label}/min"] - summary[f"{label}/avg"], 4)
-                         for label in LABELS}}))
+                      **{label: _difference(summary[f"{label}/min"], summary[f"{label}/avg"]) for label in LABELS}}))
+
+
+def _difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a - b, 4)
 
 
 if __name__ == "__main__":

@@ -40,12 +40,12 @@ def test_out_of_view_marks_the_columns_a_sideways_shift_pushes_out() -> None:
     depth = torch.full((1, 1, height, width), 10.0)
     T = torch.eye(4).repeat(1, 2, 1, 1)
     T[0, 1, 0, 3] = 0.55  # source 0: identity (nothing leaves); source 1: the shift
-    outside = probe.out_of_view(depth, T, K, inv_K)
+    outside = probe.outside_each_source(depth, T, K, inv_K).any(dim=1)
     expected = torch.zeros(1, height, width, dtype=torch.bool)
     expected[..., width - 6:] = True
     assert torch.equal(outside, expected)
     each = probe.outside_each_source(depth, T, K, inv_K)
-    assert each.shape == (1, 2, height, width)
+    assert each.shape == (1, 2, height, width)  # which source the point leaves
     assert not each[:, 0].any() and torch.equal(each[:, 1], expected)
 
 
@@ -57,7 +57,21 @@ def test_out_of_view_marks_points_behind_the_source_camera() -> None:
     depth = torch.full((1, 1, 5, 7), 10.0)
     T = torch.eye(4).repeat(1, 2, 1, 1)
     T[0, 0, 2, 3] = -20.0
-    assert bool(probe.out_of_view(depth, T, K, inv_K).all())
+    assert bool(probe.outside_each_source(depth, T, K, inv_K).any(dim=1).all())
+
+
+def test_best_scale_average_is_pulled_by_an_occluded_source_and_the_minimum_is_not() -> None:
+    """Hand-made error curves over five scales (the truth is index 2): source 0 sees the point (error 0 at the
+    truth), source 1 is occluded (low error away from the truth, high at it). The average's optimum moves to
+    index 1; the minimum stays at the truth. Swapping the reductions, or taking a max, fails this."""
+    probe = _probe()
+    seen = torch.tensor([1.0, 0.5, 0.0, 0.5, 1.0])
+    occluded = torch.tensor([0.1, 0.3, 1.0, 1.0, 1.0])
+    curves = torch.stack([seen, occluded], dim=1).reshape(1, 5, 2, 1, 1)  # B×S×N×H×W
+    best = probe.best_scale_index(curves)
+    assert best["avg"].item() == 1 and best["min"].item() == 2
+    both_see = torch.stack([seen, seen], dim=1).reshape(1, 5, 2, 1, 1)
+    assert {k: v.item() for k, v in probe.best_scale_index(both_see).items()} == {"avg": 2, "min": 2}
 
 
 def test_scale_grid_is_log_symmetric_around_the_truth() -> None:
