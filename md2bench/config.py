@@ -137,6 +137,10 @@ class LossConfig:
         ssim: photometric error = ``ssim_weight``·(1−SSIM)/2 + (1−``ssim_weight``)·L1; off means plain L1.
         ssim_weight: alpha in the photometric error (0.85).
         smoothness: weight of the edge-aware disparity smoothness term (divided by 2^scale).
+        mask_out_of_view: off (the reference): a source whose sample falls outside its image still competes,
+            with the clamped border pixel (``padding_mode="border"``), in the min/avg. On: it is left out of the
+            min/avg at that pixel (a pixel no source sees keeps them all). Not in the paper's code; an option
+            to test why the minimum loses to averaging on pixels that leave the view (README, "Results").
     """
 
     reprojection: str = "min"
@@ -149,6 +153,7 @@ class LossConfig:
     ssim: bool = True
     ssim_weight: float = 0.85
     smoothness: float = 1e-3
+    mask_out_of_view: bool = False
 
     def __post_init__(self) -> None:
         _choice("loss", "reprojection", self.reprojection, ("min", "avg"))
@@ -309,7 +314,7 @@ NON_SEMANTIC = frozenset(
 # that value is left out of ``run_key``, so finished runs keep their keys (and are still skipped) when an
 # option is added; any other value is part of the key.
 KEY_DEFAULTS = {"train.cpu_amp": False, "model.pose_source": "net", "model.init_depth": 0.0, "model.init_from": "", "model.pose_translation_scale": 0.01,
-                "loss.automask_warmup_steps": 0}
+                "loss.automask_warmup_steps": 0, "loss.mask_out_of_view": False}
 
 
 @dataclass(frozen=True)

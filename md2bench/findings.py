@@ -13,7 +13,7 @@ Kinds (lower is better for error metrics, higher for ``a1``/``a2``/``a3``):
   reason says which condition failed, including "reversed" when ``worse`` has the better mean).
 - ``best``: *shown* when no other row is shown better than ``row`` by the rule and every row with a better
   mean has at least 2 seeds; the verdict says "best" or "tied with ..." (a better mean within the spread is a
-  tie).
+  tie). With ``rows`` only those rows are compared.
 - ``floor``: *shown* when every row has at least 2 seeds and beats ``factor`` × the floor beyond its spread:
   for errors mean + std < floor / factor and every seed < floor / factor; for accuracies mean − std >
   factor × floor and every seed > factor × floor (the floor is one deterministic number: no spread). With
@@ -204,7 +204,8 @@ def judge(finding: Finding, series: Mapping[str, Series], floors: Mapping[str, M
     if finding.kind == "contrast":
         status, reason, numbers = _contrast(finding, series, lower)
     elif finding.kind == "best":
-        status, reason, numbers = _best(finding, series, lower)
+        judged = {k: v for k, v in series.items() if k in finding.only} if finding.only else series
+        status, reason, numbers = _best(finding, judged, lower)
     elif finding.kind == "target":
         status, reason, numbers = _target(finding, series[finding.row], lower)
     else:

@@ -28,6 +28,9 @@ __all__ = [
     "project_to_grid",
     "pose_vec_to_mat",
     "stereo_transform",
+    "source_grids",
+    "in_view",
+    "sample_sources",
     "warp",
 ]
 
@@ -227,6 +230,64 @@ def stereo_transform(target_is_left: bool, flipped: bool, baseline: float = 0.1)
     return T
 
 
+def source_grids(
+    depth: torch.Tensor,
+    T_src_tgt: torch.Tensor,
+    K: torch.Tensor,
+    inv_K: torch.Tensor,
+) -> torch.Tensor:
+    """Where each target pixel's point lands in each of N sources: the normalised sampling grids of :func:`warp`.
+
+    Args:
+        depth: B×1×H×W depth of the target view.
+        T_src_tgt: B×N×4×4, transform n maps target-camera points into source n's camera.
+        K: B×4×4 intrinsics of the H×W images (shared by target and sources).
+        inv_K: B×4×4 inverse of ``K``.
+
+    Returns:
+        B×N×H×W×2 grids of (u', v') in the ``align_corners=True`` convention (−1 and 1 are the border pixel
+        centres).
+    """
+    batch, _, height, width = depth.shape
+    _check_shape("T_src_tgt", T_src_tgt, (batch, "N", 4, 4))
+    _check_shape("K", K, (batch, 4, 4))
+    _check_shape("inv_K", inv_K, (batch, 4, 4))
+    points = backproject(depth, inv_K).unsqueeze(1)  # B×1×4×HW, broadcast over the N sources
+    P = (K.to(depth.dtype).unsqueeze(1) @ T_src_tgt.to(depth.dtype))[..., :3, :]  # B×N×3×4
+    return _project(points, P, height, width)  # B×N×H×W×2
+
+
+def in_view(grid: torch.Tensor) -> torch.Tensor:
+    """True where a sampling grid point lies inside the source image (``|u'| <= 1`` and ``|v'| <= 1``).
+
+    Outside, ``grid_sample(padding_mode="border")`` returns the clamped border pixel, whose value does not
+    depend on the depth along the clamped axis (its gradient there is zero).
+
+    Args:
+        grid: (..., 2) normalised grid from :func:`source_grids` or :func:`project_to_grid`.
+
+    Returns:
+        (...) bool.
+    """
+    return (grid.abs() <= 1).all(dim=-1)
+
+
+def sample_sources(sources: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Bilinear ``grid_sample`` of B×N×C×H×W sources at B×N×H×W×2 grids (``padding_mode="border"``,
+    ``align_corners=True``, as the reference): B×N×C×H×W."""
+    _check_shape("sources", sources, ("B", "N", "C", "H", "W"))
+    batch, num, channels, height, width = sources.shape
+    _check_shape("grid", grid, (batch, num, height, width, 2))
+    sampled = F.grid_sample(
+        sources.reshape(batch * num, channels, height, width),
+        grid.reshape(batch * num, height, width, 2).to(sources.dtype),
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=True,
+    )
+    return sampled.reshape(batch, num, channels, height, width)
+
+
 def warp(
     sources: torch.Tensor,
     depth: torch.Tensor,
@@ -236,7 +297,8 @@ def warp(
 ) -> torch.Tensor:
     """Synthesise the target view from N source images, the target depth and the target→source transforms.
 
-    All B·N sources go through one bilinear ``grid_sample`` (``padding_mode="border"``, ``align_corners=True``).
+    All B·N sources go through one bilinear ``grid_sample`` (``padding_mode="border"``, ``align_corners=True``):
+    :func:`sample_sources` at :func:`source_grids`.
 
     Args:
         sources: B×N×C×H×W source images (C is usually 3).
@@ -252,16 +314,4 @@ def warp(
     batch, num, channels, height, width = sources.shape
     _check_shape("depth", depth, (batch, 1, height, width))
     _check_shape("T_src_tgt", T_src_tgt, (batch, num, 4, 4))
-    _check_shape("K", K, (batch, 4, 4))
-    _check_shape("inv_K", inv_K, (batch, 4, 4))
-    points = backproject(depth, inv_K).unsqueeze(1)  # B×1×4×HW, broadcast over the N sources
-    P = (K.to(depth.dtype).unsqueeze(1) @ T_src_tgt.to(depth.dtype))[..., :3, :]  # B×N×3×4
-    grid = _project(points, P, height, width)  # B×N×H×W×2
-    sampled = F.grid_sample(
-        sources.reshape(batch * num, channels, height, width),
-        grid.reshape(batch * num, height, width, 2).to(sources.dtype),
-        mode="bilinear",
-        padding_mode="border",
-        align_corners=True,
-    )
-    return sampled.reshape(batch, num, channels, height, width)
+    return sample_sources(sources, source_grids(depth, T_src_tgt, K, inv_K))

@@ -40,6 +40,7 @@ Findings (optional) are claims the report checks against the runs, with the spre
     kind = "best"                        # row `row` is best, or tied within the spread, among all rows
     metric = "abs_rel"
     row = "monodepth2_full"
+    rows = ["monodepth2_full", "baseline"]  # optional: among these rows only (they must include `row`)
 
     [[findings]]
     claim = "every row beats the row prior by at least 2x"
@@ -85,7 +86,7 @@ FINDING_FLOORS: tuple[str, ...] = ("constant", "row_prior")  # md2bench.floors.F
 _FINDING_COMMON = ("claim", "kind", "metric")
 _FINDING_KEYS: dict[str, tuple[str, ...]] = {
     "contrast": ("better", "worse"),
-    "best": ("row",),
+    "best": ("row", "rows"),
     "floor": ("factor", "floor", "rows"),
     "target": ("row", "value"),
 }
@@ -131,7 +132,7 @@ class Finding:
         row: best: the row claimed best.
         factor: floor: how many times better than the floor each row must be.
         floor: floor: ``row_prior`` or ``constant``.
-        only: floor: the rows the claim concerns (TOML key ``rows``); empty: every row.
+        only: floor and best: the rows the claim concerns (TOML key ``rows``); empty: every row.
         value: target: the value the row must reach (an error at most, an accuracy at least).
     """
 
@@ -147,10 +148,11 @@ class Finding:
     value: float = math.nan
 
     def rows(self) -> tuple[str, ...]:
-        """The rows the claim names (for ``floor`` its ``only`` rows; none when it concerns every row)."""
+        """The rows the claim names (for ``floor``, and ``best`` with ``rows``, its ``only`` rows; none when a floor
+        concerns every row)."""
         if self.kind == "contrast":
             return (self.better, self.worse)
-        if self.kind == "floor":
+        if self.kind == "floor" or (self.kind == "best" and self.only):
             return self.only
         return (self.row,)
 
@@ -545,12 +547,15 @@ def _parse_findings(raw: Any, rows: Sequence[str], where: str) -> tuple[Finding,
             if floor not in FINDING_FLOORS:
                 raise GridError(f"{fwhere}: unknown floor {floor!r} (valid: {', '.join(FINDING_FLOORS)})")
             values.update(factor=float(factor), floor=floor)
-            if "rows" in table:
-                only = table["rows"]
-                if not isinstance(only, list) or not only or any(r not in rows for r in only):
-                    raise GridError(f"{fwhere}: rows must be a non-empty list of row names of this grid "
-                                    f"({', '.join(rows)}), got {only!r}")
-                values["only"] = tuple(only)
+        if kind in ("floor", "best") and "rows" in table:
+            only = table["rows"]
+            if not isinstance(only, list) or not only or any(r not in rows for r in only):
+                raise GridError(f"{fwhere}: rows must be a non-empty list of row names of this grid "
+                                f"({', '.join(rows)}), got {only!r}")
+            if kind == "best" and values["row"] not in only:
+                raise GridError(f"{fwhere}: rows must include the row claimed best ({values['row']!r}), "
+                                f"got {only!r}")
+            values["only"] = tuple(only)
         if kind == "target":
             value = table.get("value")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

@@ -173,6 +173,7 @@ def reprojection_loss(
     generator: torch.Generator | None = None,
     mask: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One scale's photometric term: min/avg over sources, implicit auto-masking (REFERENCE.md §2.6).
 
@@ -193,6 +194,10 @@ def reprojection_loss(
         noise: standard-normal draws of the identity errors' shape after the min/avg step (B×N×H×W for
             ``min``, B×1×H×W for ``avg``) to use instead of drawing them here (``generator`` is then unused);
             lets a caller draw the noise outside compiled code. Scaled by ``noise_std`` like drawn noise.
+        valid: B×N×H×W bool, or None (the reference: every source counts everywhere). Where given, a source's
+            reprojection error counts only where it is valid (``loss.mask_out_of_view``: its sample lies inside
+            the source image): ``min`` never picks an invalid source, ``avg`` averages the valid ones. A pixel
+            with no valid source keeps all of them, as without ``valid``. Identity errors are not affected.
 
     Returns:
         ``(loss, diagnostics)``: scalar loss; diagnostics (detached) hold ``per_pixel`` (B×H×W chosen value),
@@ -204,15 +209,23 @@ def reprojection_loss(
         raise ValueError(f"reduce must be 'min' or 'avg', got {reduce!r}")
     if reprojection_errors.dim() != 4:
         raise ValueError(f"reprojection_errors must be B×N×H×W, got {tuple(reprojection_errors.shape)}")
-    for name, other in (("identity_errors", identity_errors), ("mask", mask)):
+    for name, other in (("identity_errors", identity_errors), ("mask", mask), ("valid", valid)):
         if other is not None and other.shape != reprojection_errors.shape:
             raise ValueError(
                 f"{name} must have the shape of reprojection_errors {tuple(reprojection_errors.shape)}, "
                 f"got {tuple(other.shape)}"
             )
     errors = reprojection_errors if mask is None else reprojection_errors * mask
+    if valid is not None:
+        valid = valid | ~valid.any(dim=1, keepdim=True)  # a pixel no source sees keeps every source
     if reduce == "avg":
-        errors = errors.mean(dim=1, keepdim=True)
+        if valid is None:
+            errors = errors.mean(dim=1, keepdim=True)
+        else:
+            weights = valid.to(errors.dtype)
+            errors = (errors * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True)
+    elif valid is not None:
+        errors = torch.where(valid, errors, torch.full_like(errors, float("inf")))
     num_identity = 0
     if identity_errors is not None:
         identity = identity_errors.mean(dim=1, keepdim=True) if reduce == "avg" else identity_errors

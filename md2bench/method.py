@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from md2bench.config import Config
 from md2bench.data.transforms import color_jitter, make_pyramid
-from md2bench.geometry import disp_to_depth, pose_vec_to_mat, scale_intrinsics, warp
+from md2bench.geometry import disp_to_depth, in_view, pose_vec_to_mat, sample_sources, scale_intrinsics, source_grids
 from md2bench.losses import mask_regularisation, photometric_error, reprojection_loss, smoothness_loss
 from md2bench.metrics import STEREO_SCALE_FACTOR
 
@@ -267,7 +267,8 @@ def compute_loss(outputs: Outputs, inputs: Inputs, cfg: Config) -> tuple[Tensor,
 
     Per loss scale s: the working scale is 0 (``full_res`` and ``single``; σ_s is upsampled to H×W) or s
     (``per_scale``). Sources are warped with the working-scale depth and K; photometric errors against the raw
-    target; identity errors (auto-mask) are raw source vs raw target at the working scale; min/avg and the
+    target; identity errors (auto-mask) are raw source vs raw target at the working scale; min/avg (with
+    ``loss.mask_out_of_view``, over the sources whose sample stays inside the image) and the
     implicit auto-mask per :func:`md2bench.losses.reprojection_loss`; with a predictive mask, + weight·BCE;
     smoothness on the native-scale σ_s with the native-scale raw target, weight λ/2^s. The total is the mean
     over ``cfg.loss_scales``. Tie-break noise comes from the default generator of the device (seeded by the
@@ -344,13 +345,11 @@ def _compute_loss_fp32(
             T = _posecnn_transforms(outputs, inputs, cfg, depth)
         else:
             T = outputs.T_src_tgt.float().repeat(count, 1, 1, 1)
-        warped = warp(
-            sources.repeat(count, 1, 1, 1, 1) if count > 1 else sources,
-            depth,
-            T,
-            inputs.K[work].float().repeat(count, 1, 1),
-            inputs.inv_K[work].float().repeat(count, 1, 1),
-        )
+        grids = source_grids(
+            depth, T, inputs.K[work].float().repeat(count, 1, 1), inputs.inv_K[work].float().repeat(count, 1, 1)
+        )  # (G·B)×N×H×W×2
+        warped = sample_sources(sources.repeat(count, 1, 1, 1, 1) if count > 1 else sources, grids)
+        valid = in_view(grids).reshape(count, batch, *grids.shape[1:4]) if loss_cfg.mask_out_of_view else None
         errors = photometric_error(
             warped.reshape(count, batch, *warped.shape[1:]), target.unsqueeze(0), loss_cfg.ssim, loss_cfg.ssim_weight
         )  # G×B×N×H×W
@@ -362,7 +361,7 @@ def _compute_loss_fp32(
             # the tie-break noise was drawn by compute_loss, from the device generator the trainer seeds
             photometric, diag = reprojection_loss(
                 errors[g], identity, loss_cfg.reprojection, loss_cfg.automask_noise, None, mask,  # type: ignore
-                noise=noise[scales.index(s)] if noise else None,
+                noise=noise[scales.index(s)] if noise else None, valid=valid[g] if valid is not None else None,
             )
             term = photometric
             if mask is not None:

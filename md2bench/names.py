@@ -55,6 +55,8 @@ SWITCHES: tuple[Switch, ...] = (
     Switch("resnet50", "R50", "ResNet-50"),
     Switch("gt_pose", "GT pose", "ground-truth poses in place of the pose network"),
     Switch("automask_warmup", "AM warm-up", "auto-masking starts after a warm-up (loss.automask_warmup_steps)"),
+    Switch("oov_mask", "OOV mask", "a source's sample outside its image is left out of the min/avg "
+           "(loss.mask_out_of_view; not in the paper's code)"),
 )
 
 FLAG_KEYS: tuple[str, ...] = tuple(s.key for s in SWITCHES)
