@@ -15,7 +15,8 @@ into *out of view* (the exact projection leaves a source image) and *hidden* (be
 the other pixels (split by the ``low_texture`` mask): the fraction of pixels whose minimiser is within
 ±``--tol`` of the truth (``at_truth``) and the median \|log s*\| (``median_log_err``); and, for pixels out of
 view in one source, how often the minimum at the true depth picks that source (whose sample is the clamped image
-border) over the one that sees the point. Where averaging pulls occluded pixels to a wrong depth, ``avg`` has
+border) over the one that sees the point — at the true depth, and for each ``--checkpoint`` at the model's own
+depth (network units, as its loss saw it). Where averaging pulls occluded pixels to a wrong depth, ``avg`` has
 fewer of them at the truth than ``min``. One JSON line per region and reduction, and a summary line.
 
 With ``--checkpoint LABEL=PATH`` (repeatable) the probe also scores trained models on the same pixels: each
@@ -44,7 +45,7 @@ from md2bench import method
 from md2bench.checkpoint import load_for_inference
 from md2bench.config import load_config
 from md2bench.data.kitti import build_dataset
-from md2bench.geometry import backproject, project_to_grid, warp
+from md2bench.geometry import backproject, in_view, source_grids, warp
 from md2bench.losses import photometric_error
 from md2bench.metrics import (MAX_DEPTH, MIN_DEPTH, STEREO_SCALE_FACTOR, median_scale, protocol_for_split,
                               valid_mask)
@@ -70,12 +71,8 @@ def outside_each_source(depth: torch.Tensor, T: torch.Tensor, K: torch.Tensor, i
     """B×N×H×W bool: the exact projection of the pixel's point leaves (or is behind) source camera n."""
     batch, _, height, width = depth.shape
     points = backproject(depth, inv_K)
-    outside = []
-    for n in range(T.shape[1]):
-        grid = project_to_grid(points, K, T[:, n], height, width)
-        cam_z = (T[:, n] @ points)[:, 2].reshape(batch, height, width)
-        outside.append((grid.abs() > 1).any(dim=-1) | (cam_z <= 0))
-    return torch.stack(outside, dim=1)
+    cam_z = (T @ points.unsqueeze(1))[:, :, 2].reshape(batch, -1, height, width)  # B×N×H×W
+    return ~in_view(source_grids(depth, T, K, inv_K)) | (cam_z <= 0)
 
 
 def best_scale_index(curves: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -139,6 +136,7 @@ def main() -> None:
     flat: list[np.ndarray] = []  # the low_texture mask
     picks_outside: list[np.ndarray] = []  # per pixel out of view in one source: min picks that source at s = 1
     scored: dict[str, list[np.ndarray]] = {label: [] for label in trained}  # per-pixel abs rel of each model
+    own_picks: dict[str, list[np.ndarray]] = {label: [] for label in trained}  # as picks_outside, model's depth
     for b, batch in enumerate(loader):
         if b == args.batches:
             break
@@ -167,6 +165,12 @@ def main() -> None:
             found[name].append(log_s[index[valid].numpy()])
         for label, (model_cfg, models) in trained.items():
             scored[label].append(abs_rel_per_pixel(models, model_cfg, target, metres[:, 0], valid))
+            # at the model's own depth (network units, as its loss saw it): does the minimum of the two warped
+            # errors pick the source the pixel has left?
+            with torch.no_grad():
+                own = 1.0 / method.predict_disparity(models, target, model_cfg)
+            errors = photometric_error(warp(sources, own, T, K, inv_K), target.unsqueeze(1), True)
+            own_picks[label].append(outside.gather(1, errors.argmin(dim=1, keepdim=True))[:, 0][one_out].numpy())
     group, low = np.concatenate(groups), np.concatenate(flat)
     tol = math.log(1 + args.tol)
     summary: dict[str, float | None] = {}
@@ -184,6 +188,10 @@ def main() -> None:
     print(json.dumps({"region": "out of view in one source", "pixels": int(picks.size),
                       "min_picks_the_outside_source_at_truth": round(float(picks.mean()), 4) if picks.size else None}))
     for label in trained:
+        own = np.concatenate(own_picks[label])
+        print(json.dumps({"checkpoint": label, "region": "out of view in one source", "pixels": int(own.size),
+                          "min_picks_the_outside_source_at_model_depth":
+                              round(float(own.mean()), 4) if own.size else None}), flush=True)
         err = np.concatenate(scored[label])
         for region, select in zip(LABELS, selections):
             print(json.dumps({"checkpoint": label, "region": region, "pixels": int(select.sum()),

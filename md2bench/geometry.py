@@ -261,7 +261,8 @@ def in_view(grid: torch.Tensor) -> torch.Tensor:
     """True where a sampling grid point lies inside the source image (``|u'| <= 1`` and ``|v'| <= 1``).
 
     Outside, ``grid_sample(padding_mode="border")`` returns the clamped border pixel, whose value does not
-    depend on the depth along the clamped axis (its gradient there is zero).
+    depend on the depth along the clamped axis (its gradient there is zero). No tolerance: a sample on the
+    border itself may fall on either side by float error (|u'| = 1 ± 1e-7), where its value is the same.
 
     Args:
         grid: (..., 2) normalised grid from :func:`source_grids` or :func:`project_to_grid`.

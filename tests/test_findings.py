@@ -86,6 +86,14 @@ def test_best_shown_tied_and_not_shown() -> None:
     assert judge(best, _series(full={0: 0.1, 1: 0.1}, other={}), {}).status == NOT_RUN
 
 
+def test_best_among_rows_ignores_the_other_rows() -> None:
+    # "other" beats full beyond the spread, but the claim is about full and base only
+    series = _series(full={0: 0.20, 1: 0.21}, base={0: 0.30, 1: 0.31}, other={0: 0.10, 1: 0.11})
+    among = Finding("full is best of the two", "best", "abs_rel", row="full", only=("full", "base"))
+    assert judge(among, series, {}).status == SHOWN and judge(among, series, {}).reason == "best"
+    assert judge(Finding("full is best", "best", "abs_rel", row="full"), series, {}).status == NOT_SHOWN
+
+
 def test_floor_claim() -> None:
     claim = Finding("every row beats the row prior by 2x", "floor", "abs_rel", factor=2.0)
     floors = {"row_prior": {"abs_rel": 0.46}}

@@ -10,9 +10,12 @@ import torch
 from md2bench.geometry import (
     backproject,
     disp_to_depth,
+    in_view,
     pose_vec_to_mat,
     project_to_grid,
+    sample_sources,
     scale_intrinsics,
+    source_grids,
     stereo_transform,
     warp,
 )
@@ -161,6 +164,26 @@ def test_warp_of_several_sources_equals_warping_each_alone() -> None:
     for n in range(num):
         alone = warp(sources[:, n : n + 1], depth, T[:, n : n + 1], K, torch.linalg.inv(K))
         torch.testing.assert_close(all_at_once[:, n : n + 1], alone)
+
+
+def test_in_view_marks_the_columns_a_sideways_shift_pushes_out() -> None:
+    """Depth 10, fx = 0.58·W = 11.6 px: a source whose transform adds t_x to x sees every point f·t_x/Z px further
+    right; t_x chosen for a 5.5 px shift pushes exactly the last 6 columns (u + 5.5 > W − 1) out of the image,
+    and the border itself (|u'| = 1) is in view."""
+    height, width = 6, 20
+    K = _K(1, height, width)
+    depth = torch.full((1, 1, height, width), 10.0)
+    T = torch.stack([torch.eye(4), _translation(5.5 * 10.0 / (0.58 * width))])[None]
+    grids = source_grids(depth, T, K, torch.linalg.inv(K))
+    assert grids.shape == (1, 2, height, width, 2)
+    seen = in_view(grids)
+    expected = torch.ones(1, 2, height, width, dtype=torch.bool)
+    expected[0, 1, :, width - 6:] = False
+    assert torch.equal(seen, expected)
+    assert in_view(torch.tensor([[1.0, -1.0], [1.0 + 1e-6, 0.0], [0.0, -1.0 - 1e-6]])).tolist() == [True, False, False]
+    # sampling at the grids is the warp
+    sources = torch.rand(1, 2, 3, height, width)
+    assert torch.equal(sample_sources(sources, grids), warp(sources, depth, T, K, torch.linalg.inv(K)))
 
 
 def test_pose_vec_to_mat_inverted_is_the_inverse() -> None:

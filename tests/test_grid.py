@@ -324,6 +324,15 @@ def test_findings_load(tmp_path: Path) -> None:
     assert (contrast.kind, contrast.metric, contrast.better, contrast.worse) == ("contrast", "occluded/abs_rel",
                                                                                 "full", "no_min")
     assert (best.kind, best.row, best.rows()) == ("best", "full", ("full",))
+    among = load_grid(_write(tmp_path, FINDINGS_ROWS + """
+        [[findings]]
+        claim = "full is best among full and no_min"
+        kind = "best"
+        metric = "abs_rel"
+        row = "full"
+        rows = ["no_min", "full"]
+    """)).findings[0]
+    assert (among.only, among.rows()) == (("no_min", "full"), ("no_min", "full"))
     assert (floor.kind, floor.factor, floor.floor, floor.rows()) == ("floor", 2.0, "row_prior", ())
     assert grid.with_overrides({"train.max_steps": 1}).findings == grid.findings  # kept through CLI overrides
 
@@ -345,6 +354,8 @@ def test_findings_load(tmp_path: Path) -> None:
          r"unknown floor 'median' \(valid: constant, row_prior\)"),
         ('claim = "x"\nkind = "floor"\nmetric = "abs_rel"\nrows = ["full", "nope"]\n',
          r"rows must be a non-empty list of row names of this grid \(full, no_min\)"),
+        ('claim = "x"\nkind = "best"\nmetric = "abs_rel"\nrow = "full"\nrows = ["no_min"]\n',
+         r"rows must include the row claimed best \('full'\)"),
         ('claim = "x"\nkind = "target"\nmetric = "abs_rel"\nrow = "full"\n', r"kind = 'target' needs value"),
         ('claim = "x"\nkind = "target"\nmetric = "abs_rel"\nvalue = 0.2\n', r"kind = 'target' needs 'row'"),
         ('metric = "abs_rel"\nbetter = "full"\nworse = "no_min"\n', r"finding 1: claim must be a non-empty string"),

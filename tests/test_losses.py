@@ -126,6 +126,54 @@ def test_avg_with_automask_compares_the_averages() -> None:
     assert loss_min.item() == 0.0 and diag["automask"].item() == 0.0
 
 
+def test_valid_sources_only_enter_the_min_and_the_avg() -> None:
+    # Source 1 has the smaller error at (0, 0) (0.05) but its sample there is invalid (out of view); at (0, 1)
+    # neither source is valid, so both count, as without a mask.
+    reprojection = _errors([[0.4, 0.3]], [[0.05, 0.1]])
+    valid = torch.tensor([[[[True, False]], [[False, False]]]])
+    loss_min, diag = reprojection_loss(reprojection, None, "min", noise_std=0.0, valid=valid)
+    # min: 0.4 (source 0 only) at (0, 0), min(0.3, 0.1) = 0.1 at (0, 1)
+    torch.testing.assert_close(diag["per_pixel"], torch.tensor([[[0.4, 0.1]]], dtype=torch.float64))
+    assert diag["chosen"].tolist() == [[[0, 1]]]
+    assert loss_min.item() == pytest.approx(0.25)
+    _, diag = reprojection_loss(reprojection, None, "avg", noise_std=0.0, valid=valid)
+    # avg: 0.4 at (0, 0) (the one valid source), (0.3 + 0.1)/2 = 0.2 at (0, 1)
+    torch.testing.assert_close(diag["per_pixel"], torch.tensor([[[0.4, 0.2]]], dtype=torch.float64))
+
+
+def test_an_all_valid_mask_changes_nothing_and_identity_errors_are_not_masked() -> None:
+    reprojection = _errors([[0.4, 0.3]], [[0.05, 0.1]])
+    identity = _errors([[0.2, 0.5]], [[0.5, 0.5]])
+    everywhere = torch.ones(reprojection.shape, dtype=torch.bool)
+    for reduce in ("min", "avg"):
+        plain, plain_diag = reprojection_loss(reprojection, identity, reduce, noise_std=0.0)
+        masked, masked_diag = reprojection_loss(reprojection, identity, reduce, noise_std=0.0, valid=everywhere)
+        assert masked.item() == plain.item() and torch.equal(masked_diag["chosen"], plain_diag["chosen"])
+    # source 1 invalid everywhere: at (0, 0) the identity error of source 0 (0.2) now beats the warped 0.4
+    only_source_0 = torch.tensor([[[[True, True]], [[False, False]]]])
+    _, diag = reprojection_loss(reprojection, identity, "min", noise_std=0.0, valid=only_source_0)
+    torch.testing.assert_close(diag["per_pixel"], torch.tensor([[[0.2, 0.3]]], dtype=torch.float64))
+    assert diag["automask"].tolist() == [[[0.0, 1.0]]]
+
+
+def test_an_invalid_source_gets_no_gradient() -> None:
+    reprojection = _errors([[0.4, 0.3]], [[0.05, 0.1]]).requires_grad_()
+    valid = torch.tensor([[[[True, True]], [[False, True]]]])
+    for reduce in ("min", "avg"):
+        reprojection.grad = None
+        loss, _ = reprojection_loss(reprojection, None, reduce, noise_std=0.0, valid=valid)
+        loss.backward()
+        assert reprojection.grad[0, 1, 0, 0].item() == 0.0  # source 1 at (0, 0): left out
+        assert torch.isfinite(reprojection.grad).all()
+    # avg at (0, 1): both valid, each gets 1/2 of the pixel's 1/2 share of the mean
+    assert reprojection.grad[0, :, 0, 1].tolist() == [0.25, 0.25]
+
+
+def test_valid_must_match_the_errors() -> None:
+    with pytest.raises(ValueError, match="valid"):
+        reprojection_loss(_errors([[0.1]], [[0.2]]), None, "min", valid=torch.ones(1, 1, 1, 1, dtype=torch.bool))
+
+
 def test_predictive_mask_multiplies_the_reprojection_errors() -> None:
     reprojection = _errors([[0.4, 0.2]], [[0.6, 0.8]])
     mask = torch.full_like(reprojection, 0.5)

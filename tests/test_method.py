@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from md2bench.config import Config
-from md2bench.geometry import disp_to_depth, pose_vec_to_mat, stereo_transform
+from md2bench.geometry import disp_to_depth, in_view, pose_vec_to_mat, source_grids, stereo_transform, warp
 from md2bench.losses import photometric_error, smoothness_loss
 from md2bench.method import (
     Outputs,
@@ -179,6 +179,52 @@ def test_multiscale_modes_compare_at_the_resolutions_they_claim(multiscale: str)
     # total = mean over loss scales of photometric + 1e-3·smooth/2^s
     terms = [diag[f"loss/photometric/s{s}"] + 1e-3 * diag[f"loss/smoothness/s{s}"] / 2**s for s in expected_scales]
     assert diag["loss/total"].item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-6)
+
+
+def _sideways_outputs(cfg: Config, columns: float) -> Outputs:
+    """Constant disparity; source 0 at the identity, source 1 shifted sideways so that every point moves
+    ``columns`` px to the right (f·t_x/Z): its last ceil(columns) columns leave the image."""
+    disp = {s: torch.full((BATCH, 1, HEIGHT // 2**s, WIDTH // 2**s), 0.3) for s in cfg.model.scales}
+    _, depth = disp_to_depth(torch.tensor(0.3), cfg.model.min_depth, cfg.model.max_depth)
+    T = torch.eye(4).repeat(BATCH, cfg.num_sources, 1, 1)
+    T[:, 1, 0, 3] = columns * depth / (0.58 * WIDTH)
+    return Outputs(disp=disp, T_src_tgt=T)
+
+
+@pytest.mark.parametrize("reduce", ["min", "avg"])
+def test_mask_out_of_view_leaves_the_source_a_pixel_has_left_out_of_the_min_and_avg(reduce: str) -> None:
+    """Source 1's warp pushes the last 6 columns out of its image: with ``loss.mask_out_of_view`` those
+    columns take source 0's error alone; every other pixel is reduced over both sources, as without it."""
+    overrides = {"loss.multiscale": "single", "loss.automask": False, "loss.reprojection": reduce, "data.mode": "M"}
+    cfg = _cfg(**overrides, **{"loss.mask_out_of_view": True})
+    inputs = prepare_inputs(_batch(cfg), cfg, "cpu")
+    outputs = _sideways_outputs(cfg, 5.5)
+    _, diag = compute_loss(outputs, inputs, cfg)
+    _, plain = compute_loss(outputs, inputs, _cfg(**overrides))
+    raw = inputs.raw[0]
+    _, depth = disp_to_depth(outputs.disp[0], cfg.model.min_depth, cfg.model.max_depth)
+    errors = photometric_error(warp(raw[:, 1:], depth, outputs.T_src_tgt, inputs.K[0], inputs.inv_K[0]), raw[:, :1],
+                               ssim=True)  # B×2×H×W
+    both = errors.min(dim=1).values if reduce == "min" else errors.mean(dim=1)
+    seen = in_view(source_grids(depth, outputs.T_src_tgt, inputs.K[0], inputs.inv_K[0]))  # B×2×H×W
+    assert not seen[:, 1, :, WIDTH - 6:].any() and seen[:, 1, 1:-1, : WIDTH - 6].all()
+    assert seen[:, 0, 1:-1, 1:-1].all()  # (the border rows and columns sit on |u'| = 1 up to float error)
+    only_0 = seen[:, 0] & ~seen[:, 1]
+    only_1 = seen[:, 1] & ~seen[:, 0]
+    expected = torch.where(only_0, errors[:, 0], torch.where(only_1, errors[:, 1], both)).mean()
+    assert diag["loss/photometric/s0"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert plain["loss/photometric/s0"].item() == pytest.approx(both.mean().item(), rel=1e-5)
+    assert diag["loss/photometric/s0"].item() != pytest.approx(plain["loss/photometric/s0"].item(), rel=1e-4)
+
+
+def test_mask_out_of_view_changes_nothing_when_every_sample_is_in_view() -> None:
+    for reduce in ("min", "avg"):
+        cfg = _cfg(**{"loss.reprojection": reduce, "loss.automask_noise": 0.0})
+        inputs = prepare_inputs(_batch(cfg), cfg, "cpu")
+        masked_cfg = _cfg(**{"loss.reprojection": reduce, "loss.automask_noise": 0.0, "loss.mask_out_of_view": True})
+        plain, _ = compute_loss(_identity_outputs(cfg), inputs, cfg)
+        masked, _ = compute_loss(_identity_outputs(cfg), inputs, masked_cfg)
+        assert masked.item() == plain.item()
 
 
 def test_automask_diagnostic_is_the_fraction_where_a_warped_term_won() -> None:

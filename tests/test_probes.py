@@ -90,10 +90,18 @@ def test_occlusion_probe_runs_on_a_tiny_world(tmp_path: Path) -> None:
     [0, 1], and a summary line."""
     from md2bench.data.synthetic import render_world
 
+    from md2bench.checkpoint import save_checkpoint
+    from md2bench.config import load_config
+    from md2bench.models import build_models
+
     world = render_world(tmp_path / "tiny", preset="tiny", progress=False).root
+    cfg = load_config("synth", ["model.pretrained=scratch", "model.pose_source=gt", "data.height=64",
+                                "data.width=160"])
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "untrained.pt", {"models": build_models(cfg).state_dict(), "config": cfg.to_dict()})
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--batches", "1", "--scales", "5", f"data.path={world}",
-         "data.synth_preset=tiny", "data.height=64", "data.width=160", "train.batch_size=2"],
+        [sys.executable, str(SCRIPT), "--batches", "1", "--scales", "5",
+         "--checkpoint", f"untrained={tmp_path / 'untrained.pt'}", f"data.path={world}", "data.synth_preset=tiny", "data.height=64", "data.width=160", "train.batch_size=2"],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -114,6 +122,13 @@ def test_occlusion_probe_runs_on_a_tiny_world(tmp_path: Path) -> None:
         if line["pixels"]:
             assert 0.0 <= line["at_truth"] <= 1.0 and line["median_log_err"] >= 0.0
     assert lines[-1]["summary"].startswith("at_truth")
+    # the checkpoint's lines: at its own depth, the same out-of-view pixels; abs rel on every region
+    own = [line for line in lines if "min_picks_the_outside_source_at_model_depth" in line]
+    assert len(own) == 1 and own[0]["checkpoint"] == "untrained" and own[0]["pixels"] == picks[0]["pixels"]
+    assert 0.0 <= own[0]["min_picks_the_outside_source_at_model_depth"] <= 1.0
+    scored = {line["region"]: line for line in lines if line.get("checkpoint") == "untrained" and "abs_rel" in line}
+    assert set(scored) == {region for region, _ in rows}
+    assert all(line["abs_rel"] is None or line["abs_rel"] >= 0.0 for line in scored.values())
 
 
 def test_abs_rel_per_pixel_is_median_scaled_and_skips_far_gt() -> None:
