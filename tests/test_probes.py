@@ -159,3 +159,76 @@ def test_abs_rel_per_pixel_is_median_scaled_and_skips_far_gt() -> None:
     expected = (float(depth[30, 7]) * ratio - float(gt[1, 30, 7])) / float(gt[1, 30, 7])
     index = int(valid[0].sum()) + int(valid[1].reshape(-1)[: 30 * 64 + 7].sum())
     assert abs(float(err[index]) - abs(expected)) < 1e-5
+
+
+# ----- experiments/multiscale_probe.py -------------------------------------------------------------------------
+
+MULTISCALE = Path(__file__).resolve().parents[1] / "experiments" / "multiscale_probe.py"
+
+
+def _multiscale():
+    spec = importlib.util.spec_from_file_location("multiscale_probe", MULTISCALE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_scale_is_upsampled_to_the_input_and_scale_zero_is_the_evaluated_depth() -> None:
+    from md2bench import method
+    from md2bench.config import load_config
+    from md2bench.models import build_models
+
+    probe = _multiscale()
+    cfg = load_config("synth", ["model.pretrained=scratch", "data.height=64", "data.width=64"])
+    torch.manual_seed(0)
+    models = build_models(cfg).eval()
+    images = torch.rand(2, 3, 64, 64)
+    depth = probe.depth_at_every_scale(models, cfg, images)
+    assert sorted(depth) == [0, 1, 2, 3] and all(d.shape == (2, 64, 64) for d in depth.values())
+    with torch.no_grad():
+        evaluated = 1.0 / method.predict_disparity(models, images, cfg)[:, 0]
+    torch.testing.assert_close(depth[0], evaluated)
+    assert not torch.allclose(depth[3], depth[0])  # the coarse map is a different (blockier) map
+
+
+def test_multiscale_score_is_median_scaled_per_region() -> None:
+    probe = _multiscale()
+    gt = np.full((8, 8), 10.0)
+    gt[:, 4:] = 20.0
+    low = np.zeros((8, 8), dtype=bool)
+    low[:, :4] = True
+    # twice the truth everywhere: median scaling removes the factor, both regions exact
+    exact = probe.score(gt * 2, gt, low)
+    assert exact["low_texture"] == (0.0, 1.0) and exact["textured"] == (0.0, 1.0)
+    # the low-texture half predicted flat at the far depth (a "hole"): median of pred/GT is over all pixels
+    hole = gt.copy()
+    hole[:, :4] = 20.0
+    scored = probe.score(hole, gt, low)
+    ratio = np.median(gt) / np.median(hole)  # 15 / 20
+    assert scored["low_texture"][0] == pytest.approx(abs(20.0 * ratio - 10.0) / 10.0)
+    assert scored["textured"][0] == pytest.approx(abs(20.0 * ratio - 20.0) / 20.0)
+    assert math.isnan(probe.score(gt, gt, np.zeros((8, 8), dtype=bool))["low_texture"][0])
+
+
+def test_multiscale_probe_runs_on_a_tiny_world(tmp_path: Path) -> None:
+    from md2bench.checkpoint import save_checkpoint
+    from md2bench.config import load_config
+    from md2bench.data.synthetic import render_world
+    from md2bench.models import build_models
+
+    world = render_world(tmp_path / "tiny", preset="tiny", progress=False).root
+    cfg = load_config("synth", ["model.pretrained=scratch", "model.pose_source=gt", "data.height=64",
+                                "data.width=160"])
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "untrained.pt", {"models": build_models(cfg).state_dict(), "config": cfg.to_dict()})
+    proc = subprocess.run(
+        [sys.executable, str(MULTISCALE), "--batches", "1", "--checkpoint", f"untrained={tmp_path / 'untrained.pt'}",
+         f"data.path={world}", "data.synth_preset=tiny", "data.height=64", "data.width=160", "train.batch_size=2"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    rows = {(line["scale"], line["region"]): line for line in lines if "region" in line}
+    assert set(rows) == {(s, r) for s in range(4) for r in ("low_texture", "textured")}
+    assert all(line["images"] == 0 or (line["abs_rel"] >= 0 and 0 <= line["a1"] <= 1) for line in rows.values())
+    assert lines[-1] == {"images": 2, "checkpoints": 1, "scales": [0, 1, 2, 3]}

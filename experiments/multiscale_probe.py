@@ -1,0 +1,107 @@
+"""Multi-scale probe: do the coarse depth maps of a model trained per scale (Monodepth v1) have the "holes" in
+low-texture regions that the paper's full-resolution multi-scale exists to remove — and does the final map inherit
+them?
+
+Godard et al. (2019, Sec. 3.3) say that computing the photometric loss at each decoder scale's own resolution
+"has the tendency to create holes in large low-texture regions in the intermediate lower resolution depth maps,
+as well as texture-copy artifacts", and that upsampling every scale's disparity to the input resolution before
+the loss removes them. The evaluation scores only the scale-0 map, so the claim is about the intermediate maps
+first. No training here: for each ``--checkpoint LABEL=PATH``, every decoder scale's disparity of the validation
+frames is upsampled to the input size (bilinear, as ``loss.multiscale = "full_res"`` does) and scored with the
+evaluation's own ``metrics.evaluate_image`` (per-image median scaling, GT 0-80 m) on the world's ``low_texture``
+region and on the rest (``textured``); one JSON line per checkpoint, scale and region (mean over images, as
+``md2bench evaluate``).
+
+    python experiments/multiscale_probe.py --batches 16 --checkpoint full=md2bench_runs/<key>/checkpoint.pt \
+        --checkpoint per_scale=md2bench_runs/<key>/checkpoint.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from md2bench import method
+from md2bench.checkpoint import load_for_inference
+from md2bench.config import load_config
+from md2bench.data.kitti import build_dataset
+from md2bench.geometry import disp_to_depth
+from md2bench.metrics import evaluate_image, protocol_for_split
+from md2bench.regions import REGION_NAMES
+from md2bench.train.loop import resolve_data
+
+DEFAULTS = ["data.synth_preset=default", "data.height=64", "data.width=192", "train.batch_size=8",
+            "train.device=cpu", "model.pose_source=gt"]
+REGIONS = ("low_texture", "textured")
+
+
+@torch.no_grad()
+def depth_at_every_scale(models, cfg, images: torch.Tensor) -> dict[int, torch.Tensor]:
+    """B×H×W depth (network units) of each decoder scale, its sigmoid upsampled to the images' size first
+    (bilinear, align_corners=False: the full-res loss's upsampling)."""
+    size = tuple(images.shape[-2:])
+    sigmoids = models["depth"](models["encoder"](images))
+    out = {}
+    for scale, sigmoid in sigmoids.items():
+        up = F.interpolate(sigmoid.float(), size=size, mode="bilinear", align_corners=False)
+        out[scale] = disp_to_depth(up, cfg.model.min_depth, cfg.model.max_depth)[1][:, 0]
+    return out
+
+
+def score(depth: np.ndarray, gt: np.ndarray, low_texture: np.ndarray) -> dict[str, tuple[float, float]]:
+    """(abs rel, δ<1.25) of one H×W depth map on the low-texture pixels and on the rest, median-scaled over all
+    scored pixels as the evaluation does; NaN for a region without scored pixels."""
+    masks = {"low_texture": low_texture, "textured": ~low_texture}
+    result = evaluate_image(gt, depth, protocol_for_split("synth"), median_scaling=True, extra_masks=masks)
+    return {name: (result[f"{name}/abs_rel"], result[f"{name}/a1"]) for name in REGIONS}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", type=int, default=16, help="validation batches (of train.batch_size frames)")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="LABEL=PATH", required=True,
+                        help="a trained model to score (repeatable)")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    trained = {}
+    for item in args.checkpoint:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise SystemExit(f"--checkpoint takes LABEL=PATH (e.g. full=md2bench_runs/<key>/checkpoint.pt), got {item!r}")
+        trained[label] = load_for_inference(path, "cpu")
+    cfg = resolve_data(load_config("synth", DEFAULTS + list(args.overrides)))
+    data = build_dataset(cfg, "val", load_depth=True, load_regions=True)
+    loader = torch.utils.data.DataLoader(data, batch_size=cfg.train.batch_size, shuffle=False)
+    values: dict[tuple[str, int, str], list[tuple[float, float]]] = {}
+    images_scored = 0
+    for b, batch in enumerate(loader):
+        if b == args.batches:
+            break
+        inputs = method.prepare_inputs(batch, cfg, "cpu")
+        target = inputs.raw[0][:, 0]
+        size = tuple(target.shape[-2:])
+        gt = F.interpolate(batch["depth_gt"].float(), size=size, mode="nearest")[:, 0].numpy()
+        regions = F.interpolate(batch["region_masks"].float(), size=size, mode="nearest") > 0
+        low = regions[:, REGION_NAMES.index("low_texture")].numpy()
+        images_scored += target.shape[0]
+        for label, (model_cfg, models) in trained.items():
+            for scale, depth in depth_at_every_scale(models, model_cfg, target).items():
+                for i in range(target.shape[0]):
+                    for region, pair in score(depth[i].numpy(), gt[i], low[i]).items():
+                        values.setdefault((label, scale, region), []).append(pair)
+    for (label, scale, region), pairs in sorted(values.items()):
+        arr = np.array(pairs, dtype=float)
+        seen = ~np.isnan(arr[:, 0])
+        print(json.dumps({"checkpoint": label, "scale": scale, "region": region, "images": int(seen.sum()),
+                          "abs_rel": round(float(arr[seen, 0].mean()), 4) if seen.any() else None,
+                          "a1": round(float(arr[seen, 1].mean()), 4) if seen.any() else None}), flush=True)
+    print(json.dumps({"images": images_scored, "checkpoints": len(trained),
+                      "scales": sorted({s for _, s, _ in values})}))
+
+
+if __name__ == "__main__":
+    main()
