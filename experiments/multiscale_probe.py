@@ -9,8 +9,8 @@ the loss removes them. The evaluation scores only the scale-0 map, so the claim 
 first. No training here: for each ``--checkpoint LABEL=PATH``, every decoder scale's disparity of the validation
 frames is upsampled to the input size (bilinear, as ``loss.multiscale = "full_res"`` does) and scored with the
 evaluation's own ``metrics.evaluate_image`` (per-image median scaling, GT 0-80 m) on the world's ``low_texture``
-region and on the rest (``textured``); one JSON line per checkpoint, scale and region (mean over images, as
-``md2bench evaluate``).
+region and on the rest (``textured``): abs rel, δ<1.25 and the mean signed log error (> 0: the map is too far
+there, a hole); one JSON line per checkpoint, scale and region (mean over images, as ``md2bench evaluate``).
 
     python experiments/multiscale_probe.py --batches 16 --checkpoint full=md2bench_runs/<key>/checkpoint.pt \
         --checkpoint per_scale=md2bench_runs/<key>/checkpoint.pt
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from md2bench.checkpoint import load_for_inference
 from md2bench.config import load_config
 from md2bench.data.kitti import build_dataset
 from md2bench.geometry import disp_to_depth
-from md2bench.metrics import evaluate_image, protocol_for_split
+from md2bench.metrics import MAX_DEPTH, MIN_DEPTH, evaluate_image, protocol_for_split, valid_mask
 from md2bench.regions import REGION_NAMES
 from md2bench.train.loop import resolve_data
 
@@ -52,12 +53,20 @@ def depth_at_every_scale(models, cfg, images: torch.Tensor) -> dict[int, torch.T
     return out
 
 
-def score(depth: np.ndarray, gt: np.ndarray, low_texture: np.ndarray) -> dict[str, tuple[float, float]]:
-    """(abs rel, δ<1.25) of one H×W depth map on the low-texture pixels and on the rest, median-scaled over all
-    scored pixels as the evaluation does; NaN for a region without scored pixels."""
+def score(depth: np.ndarray, gt: np.ndarray, low_texture: np.ndarray) -> dict[str, tuple[float, float, float]]:
+    """(abs rel, δ<1.25, mean log(pred/GT)) of one H×W depth map on the low-texture pixels and on the rest,
+    median-scaled over all scored pixels as the evaluation does; NaN for a region without scored pixels. The
+    signed log error tells a hole (the map too far: > 0) from the opposite."""
+    protocol = protocol_for_split("synth")
     masks = {"low_texture": low_texture, "textured": ~low_texture}
-    result = evaluate_image(gt, depth, protocol_for_split("synth"), median_scaling=True, extra_masks=masks)
-    return {name: (result[f"{name}/abs_rel"], result[f"{name}/a1"]) for name in REGIONS}
+    result = evaluate_image(gt, depth, protocol, median_scaling=True, extra_masks=masks)
+    scaled = np.clip(depth.astype(np.float64) * result["ratio"], MIN_DEPTH, MAX_DEPTH)
+    out = {}
+    for name in REGIONS:
+        keep = valid_mask(gt, protocol) & masks[name]
+        signed = float(np.mean(np.log(scaled[keep] / gt[keep]))) if keep.any() else math.nan
+        out[name] = (result[f"{name}/abs_rel"], result[f"{name}/a1"], signed)
+    return out
 
 
 def main() -> None:
@@ -76,7 +85,7 @@ def main() -> None:
     cfg = resolve_data(load_config("synth", DEFAULTS + list(args.overrides)))
     data = build_dataset(cfg, "val", load_depth=True, load_regions=True)
     loader = torch.utils.data.DataLoader(data, batch_size=cfg.train.batch_size, shuffle=False)
-    values: dict[tuple[str, int, str], list[tuple[float, float]]] = {}
+    values: dict[tuple[str, int, str], list[tuple[float, float, float]]] = {}
     images_scored = 0
     for b, batch in enumerate(loader):
         if b == args.batches:
@@ -98,7 +107,8 @@ def main() -> None:
         seen = ~np.isnan(arr[:, 0])
         print(json.dumps({"checkpoint": label, "scale": scale, "region": region, "images": int(seen.sum()),
                           "abs_rel": round(float(arr[seen, 0].mean()), 4) if seen.any() else None,
-                          "a1": round(float(arr[seen, 1].mean()), 4) if seen.any() else None}), flush=True)
+                          "a1": round(float(arr[seen, 1].mean()), 4) if seen.any() else None,
+                          "log_ratio": round(float(arr[seen, 2].mean()), 4) if seen.any() else None}), flush=True)
     print(json.dumps({"images": images_scored, "checkpoints": len(trained),
                       "scales": sorted({s for _, s, _ in values})}))
 

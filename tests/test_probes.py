@@ -200,7 +200,7 @@ def test_multiscale_score_is_median_scaled_per_region() -> None:
     low[:, :4] = True
     # twice the truth everywhere: median scaling removes the factor, both regions exact
     exact = probe.score(gt * 2, gt, low)
-    assert exact["low_texture"] == (0.0, 1.0) and exact["textured"] == (0.0, 1.0)
+    assert exact["low_texture"] == (0.0, 1.0, 0.0) and exact["textured"] == (0.0, 1.0, 0.0)
     # the low-texture half predicted flat at the far depth (a "hole"): median of pred/GT is over all pixels
     hole = gt.copy()
     hole[:, :4] = 20.0
@@ -208,6 +208,9 @@ def test_multiscale_score_is_median_scaled_per_region() -> None:
     ratio = np.median(gt) / np.median(hole)  # 15 / 20
     assert scored["low_texture"][0] == pytest.approx(abs(20.0 * ratio - 10.0) / 10.0)
     assert scored["textured"][0] == pytest.approx(abs(20.0 * ratio - 20.0) / 20.0)
+    # signed: the hole is too far (log 1.5 > 0), the textured half too near (log 0.75 < 0)
+    assert scored["low_texture"][2] == pytest.approx(math.log(20.0 * ratio / 10.0))
+    assert scored["textured"][2] == pytest.approx(math.log(ratio))
     assert math.isnan(probe.score(gt, gt, np.zeros((8, 8), dtype=bool))["low_texture"][0])
 
 
@@ -230,5 +233,6 @@ def test_multiscale_probe_runs_on_a_tiny_world(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     rows = {(line["scale"], line["region"]): line for line in lines if "region" in line}
     assert set(rows) == {(s, r) for s in range(4) for r in ("low_texture", "textured")}
-    assert all(line["images"] == 0 or (line["abs_rel"] >= 0 and 0 <= line["a1"] <= 1) for line in rows.values())
+    assert all(line["images"] == 0 or (line["abs_rel"] >= 0 and 0 <= line["a1"] <= 1
+                                       and math.isfinite(line["log_ratio"])) for line in rows.values())
     assert lines[-1] == {"images": 2, "checkpoints": 1, "scales": [0, 1, 2, 3]}
