@@ -411,3 +411,26 @@ def test_report_html_renders_in_a_real_browser(store: dict[str, Any], tmp_path: 
     assert len(seen["tables"]) >= 2 and all(t["visible"] and t["rows"] >= 2 for t in seen["tables"]), seen["tables"]
     assert [i["alt"] for i in seen["images"]] == ["metrics", "val_curves", "qualitative"]
     assert all(i["loaded"] and i["visible"] for i in seen["images"]), seen["images"]
+
+
+def test_busy_stretches_merge_overlapping_runs_and_keep_gaps() -> None:
+    from md2bench.report.collect import busy_stretches
+
+    t = lambda minutes: pd.Timestamp("2026-12-07 04:00", tz="UTC") + pd.Timedelta(minutes=minutes)  # noqa: E731
+    # three runs at once, then (after a 60-min gap) two more; one run never ended (left out)
+    runs = [(t(0), t(30)), (t(5), t(40)), (t(10), t(35)), (t(100), t(130)), (t(130), t(150)), (t(120), pd.NaT)]
+    assert busy_stretches(runs) == [(t(0), t(40)), (t(100), t(150))]
+    assert busy_stretches([]) == []
+
+
+def test_wall_time_names_the_stretches_of_a_grid_run_in_parts() -> None:
+    from md2bench.report.collect import _wall_time
+
+    t = lambda minutes: pd.Timestamp("2026-12-07 04:00", tz="UTC") + pd.Timedelta(minutes=minutes)  # noqa: E731
+    one = pd.DataFrame({"start_time": [t(0), t(5)], "end_time": [t(30), t(40)], "duration_s": [1800.0, 2100.0]})
+    assert _wall_time(one).startswith("40.0 min from the first run's start to the last run's end")
+    two = pd.DataFrame({"start_time": [t(0), t(100)], "end_time": [t(30), t(150)], "duration_s": [1800.0, 3000.0]})
+    text = _wall_time(two)
+    assert text.startswith("80.0 min while runs were running, in 2 stretches (2026-12-07 04:00 – 04:30 (30.0 min), "
+                           "2026-12-07 05:40 – 06:30 (50.0 min) UTC); 150.0 min from the first run's start")
+    assert text.endswith("80.0 min of run time in all, 40.0 min per run")

@@ -210,14 +210,36 @@ def provenance(tracker: MLflowTracker, experiment: str, grid: Any, runs: pd.Data
 
 
 def _wall_time(selected: pd.DataFrame) -> str:
-    """How long the runs took: first start to last end, and the sum of the runs' own durations."""
+    """How long the runs took: the time while at least one run was running (the union of the runs' intervals,
+    with its stretches when a grid was run in parts), first start to last end, and the sum of the runs' own
+    durations."""
     if selected.empty or "start_time" not in selected or selected["start_time"].isna().all():
         return "unknown"
+    stretches = busy_stretches(list(zip(selected["start_time"], selected["end_time"])))
+    busy = sum((end - start).total_seconds() for start, end in stretches)
     span = (selected["end_time"].max() - selected["start_time"].min()).total_seconds()
     total = float(selected["duration_s"].sum())
-    return (f"{span / 60:.1f} min from the first run's start to the last run's end "
-            f"({selected['start_time'].min():%Y-%m-%d %H:%M} – {selected['end_time'].max():%H:%M} UTC); "
-            f"{total / 60:.1f} min of run time in all, {total / max(1, len(selected)) / 60:.1f} min per run")
+    if len(stretches) == 1:
+        head = (f"{span / 60:.1f} min from the first run's start to the last run's end "
+                f"({selected['start_time'].min():%Y-%m-%d %H:%M} – {selected['end_time'].max():%H:%M} UTC)")
+    else:
+        parts = ", ".join(f"{a:%Y-%m-%d %H:%M} – {b:%H:%M} ({(b - a).total_seconds() / 60:.1f} min)"
+                          for a, b in stretches)
+        head = (f"{busy / 60:.1f} min while runs were running, in {len(stretches)} stretches ({parts} UTC); "
+                f"{span / 60:.1f} min from the first run's start to the last run's end")
+    return f"{head}; {total / 60:.1f} min of run time in all, {total / max(1, len(selected)) / 60:.1f} min per run"
+
+
+def busy_stretches(intervals: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    """Merge (start, end) intervals into the disjoint stretches when at least one was running, in time order
+    (intervals that touch or overlap merge; intervals with a missing end are left out)."""
+    stretches: list[list[Any]] = []
+    for start, end in sorted((s, e) for s, e in intervals if not pd.isna(s) and not pd.isna(e)):
+        if stretches and start <= stretches[-1][1]:
+            stretches[-1][1] = max(stretches[-1][1], end)
+        else:
+            stretches.append([start, end])
+    return [(a, b) for a, b in stretches]
 
 
 def display_path(path: object) -> str:
