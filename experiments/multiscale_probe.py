@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from md2bench import method
-from md2bench.checkpoint import load_for_inference
+from md2bench.checkpoint import CheckpointError, load_labelled
 from md2bench.config import load_config
 from md2bench.data.kitti import build_dataset
 from md2bench.geometry import disp_to_depth
@@ -76,12 +76,10 @@ def main() -> None:
                         help="a trained model to score (repeatable)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    trained = {}
-    for item in args.checkpoint:
-        label, sep, path = item.partition("=")
-        if not sep or not label or not path:
-            raise SystemExit(f"--checkpoint takes LABEL=PATH (e.g. full=md2bench_runs/<key>/checkpoint.pt), got {item!r}")
-        trained[label] = load_for_inference(path, "cpu")
+    try:
+        trained = load_labelled(args.checkpoint)
+    except CheckpointError as err:
+        raise SystemExit(str(err)) from None
     cfg = resolve_data(load_config("synth", DEFAULTS + list(args.overrides)))
     data = build_dataset(cfg, "val", load_depth=True, load_regions=True)
     loader = torch.utils.data.DataLoader(data, batch_size=cfg.train.batch_size, shuffle=False)

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from md2bench import method
-from md2bench.checkpoint import load_for_inference
+from md2bench.checkpoint import CheckpointError, load_labelled
 from md2bench.config import load_config
 from md2bench.data.kitti import build_dataset
 from md2bench.geometry import backproject, in_view, source_grids, warp
@@ -116,12 +116,10 @@ def main() -> None:
                         help="also score a trained model's depth on the same pixels (repeatable)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    trained = {}
-    for item in args.checkpoint:
-        label, sep, path = item.partition("=")
-        if not sep or not label or not path:
-            raise SystemExit(f"--checkpoint takes LABEL=PATH (e.g. min=md2bench_runs/<key>/checkpoint.pt), got {item!r}")
-        trained[label] = load_for_inference(path, "cpu")
+    try:
+        trained = load_labelled(args.checkpoint)
+    except CheckpointError as err:
+        raise SystemExit(str(err)) from None
 
     cfg = resolve_data(load_config("synth", DEFAULTS + list(args.overrides)))
     temporal = [i for i, f in enumerate(cfg.source_ids) if f != "s"]

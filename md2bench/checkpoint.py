@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -145,6 +145,25 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> 
     models.to(device)
     models.eval()
     return cfg, models
+
+
+def load_labelled(items: Sequence[str], device: str | torch.device = "cpu") -> dict[str, tuple[Config, torch.nn.ModuleDict]]:
+    """Several checkpoints named on a command line as ``LABEL=PATH`` (the probes' ``--checkpoint``), each
+    through :func:`load_for_inference`, by label in the given order.
+
+    Raises:
+        CheckpointError: an item is not ``LABEL=PATH``, a label repeats, or a checkpoint cannot be loaded.
+    """
+    loaded: dict[str, tuple[Config, torch.nn.ModuleDict]] = {}
+    for item in items:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise CheckpointError(f"a checkpoint is given as LABEL=PATH (e.g. full=md2bench_runs/<key>/checkpoint.pt), "
+                                  f"got {item!r}")
+        if label in loaded:
+            raise CheckpointError(f"checkpoint label {label!r} is given twice: give each checkpoint its own label")
+        loaded[label] = load_for_inference(path, device)
+    return loaded
 
 
 def init_from_checkpoint(models: torch.nn.ModuleDict, path: str | Path) -> list[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from md2bench.checkpoint import CheckpointError, load_checkpoint, load_for_inference, save_checkpoint
+from md2bench.checkpoint import CheckpointError, load_checkpoint, load_for_inference, load_labelled, save_checkpoint
 from md2bench.config import load_config
 
 
@@ -114,3 +114,22 @@ def test_init_from_copies_every_matching_network_and_refuses_mismatches(tmp_path
     empty = save_checkpoint(tmp_path / "empty.pt", {"models": {"other.weight": torch.zeros(1)}})
     with pytest.raises(CheckpointError, match="holds none of this run's networks"):
         init_from_checkpoint(mono, empty)
+
+
+def test_load_labelled_loads_each_label_and_rejects_bad_items(tmp_path: Path) -> None:
+    from md2bench.models import build_models
+
+    cfg = load_config("tiny")
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        save_checkpoint(tmp_path / f"s{seed}.pt", {"models": build_models(cfg).state_dict(), "config": cfg.to_dict()})
+    loaded = load_labelled([f"b={tmp_path / 's1.pt'}", f"a={tmp_path / 's0.pt'}"])
+    assert list(loaded) == ["b", "a"]  # the given order
+    a, b = (dict(loaded[k][1].named_parameters()) for k in ("a", "b"))
+    assert any(not torch.equal(a[name], b[name]) for name in a)  # two different checkpoints, not one twice
+    for bad, match in ((str(tmp_path / "s0.pt"), "LABEL=PATH"), ("a=", "LABEL=PATH"),
+                       ("=x", "LABEL=PATH")):
+        with pytest.raises(CheckpointError, match=match):
+            load_labelled([bad])
+    with pytest.raises(CheckpointError, match="given twice"):
+        load_labelled([f"a={tmp_path / 's0.pt'}", f"a={tmp_path / 's1.pt'}"])

@@ -16,12 +16,17 @@ import torch
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "occlusion_probe.py"
 
 
-def _probe():
-    spec = importlib.util.spec_from_file_location("occlusion_probe", SCRIPT)
+def _load(script: Path):
+    """An experiments/ script imported as a module (its functions, without running main)."""
+    spec = importlib.util.spec_from_file_location(script.stem, script)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _probe():
+    return _load(SCRIPT)
 
 
 def _camera(height: int, width: int, f: float = 100.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,11 +172,7 @@ MULTISCALE = Path(__file__).resolve().parents[1] / "experiments" / "multiscale_p
 
 
 def _multiscale():
-    spec = importlib.util.spec_from_file_location("multiscale_probe", MULTISCALE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load(MULTISCALE)
 
 
 def test_every_scale_is_upsampled_to_the_input_and_scale_zero_is_the_evaluated_depth() -> None:
