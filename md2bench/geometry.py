@@ -248,6 +248,7 @@ def source_grids(
         B×N×H×W×2 grids of (u', v') in the ``align_corners=True`` convention (−1 and 1 are the border pixel
         centres).
     """
+    _check_shape("depth", depth, ("B", 1, "H", "W"))
     batch, _, height, width = depth.shape
     _check_shape("T_src_tgt", T_src_tgt, (batch, "N", 4, 4))
     _check_shape("K", K, (batch, 4, 4))
@@ -262,7 +263,9 @@ def in_view(grid: torch.Tensor) -> torch.Tensor:
 
     Outside, ``grid_sample(padding_mode="border")`` returns the clamped border pixel, whose value does not
     depend on the depth along the clamped axis (its gradient there is zero). No tolerance: a sample on the
-    border itself may fall on either side by float error (|u'| = 1 ± 1e-7), where its value is the same.
+    border itself may fall on either side by float error (|u'| = 1 ± 1e-7), where its value is the same. A point
+    behind the source camera is not told apart here (its projection is mirrored and may land inside): the grid
+    alone cannot show it.
 
     Args:
         grid: (..., 2) normalised grid from :func:`source_grids` or :func:`project_to_grid`.
