@@ -18,7 +18,6 @@ there, a hole); one JSON line per checkpoint, scale and region (mean over images
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -27,16 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from md2bench import method
-from md2bench.checkpoint import CheckpointError, load_labelled
-from md2bench.config import load_config
-from md2bench.data.kitti import build_dataset
 from md2bench.geometry import disp_to_depth
 from md2bench.metrics import MAX_DEPTH, MIN_DEPTH, evaluate_image, protocol_for_split, valid_mask
 from md2bench.regions import REGION_NAMES
-from md2bench.train.loop import resolve_data
+from probe_setup import load_probe, probe_parser
 
-DEFAULTS = ["data.synth_preset=default", "data.height=64", "data.width=192", "train.batch_size=8",
-            "train.device=cpu", "model.pose_source=gt"]
 REGIONS = ("low_texture", "textured")
 
 
@@ -70,19 +64,10 @@ def score(depth: np.ndarray, gt: np.ndarray, low_texture: np.ndarray) -> dict[st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batches", type=int, default=16, help="validation batches (of train.batch_size frames)")
-    parser.add_argument("--checkpoint", action="append", default=[], metavar="LABEL=PATH", required=True,
-                        help="a trained model to score (repeatable)")
-    parser.add_argument("overrides", nargs="*")
+    parser = probe_parser(__doc__.split("\n\n")[0], "a trained model to score (repeatable)",
+                          checkpoint_required=True)
     args = parser.parse_args()
-    try:
-        trained = load_labelled(args.checkpoint)
-    except CheckpointError as err:
-        raise SystemExit(str(err)) from None
-    cfg = resolve_data(load_config("synth", DEFAULTS + list(args.overrides)))
-    data = build_dataset(cfg, "val", load_depth=True, load_regions=True)
-    loader = torch.utils.data.DataLoader(data, batch_size=cfg.train.batch_size, shuffle=False)
+    trained, cfg, loader = load_probe(args)
     values: dict[tuple[str, int, str], list[tuple[float, float, float]]] = {}
     images_scored = 0
     for b, batch in enumerate(loader):

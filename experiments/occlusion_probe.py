@@ -33,7 +33,6 @@ on the synthetic world (``reports/cpu-ablation*``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -42,18 +41,13 @@ import torch
 import torch.nn.functional as F
 
 from md2bench import method
-from md2bench.checkpoint import CheckpointError, load_labelled
-from md2bench.config import load_config
-from md2bench.data.kitti import build_dataset
 from md2bench.geometry import backproject, in_view, source_grids, warp
 from md2bench.losses import photometric_error
 from md2bench.metrics import (MAX_DEPTH, MIN_DEPTH, STEREO_SCALE_FACTOR, median_scale, protocol_for_split,
                               valid_mask)
 from md2bench.regions import REGION_NAMES
-from md2bench.train.loop import resolve_data
+from probe_setup import load_probe, probe_parser
 
-DEFAULTS = ["data.synth_preset=default", "data.height=64", "data.width=192", "train.batch_size=8",
-            "train.device=cpu", "model.pose_source=gt"]
 
 
 LABELS = ("not occluded", "occluded", "occluded, out of view", "occluded, hidden", "not occluded, textured",
@@ -107,26 +101,16 @@ def abs_rel_per_pixel(models, cfg, images: torch.Tensor, gt: torch.Tensor, valid
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batches", type=int, default=8, help="validation batches (of train.batch_size frames)")
+    parser = probe_parser(__doc__.split("\n\n")[0], "also score a trained model's depth on the same pixels "
+                          "(repeatable)", batches=8)
     parser.add_argument("--scales", type=int, default=31)
     parser.add_argument("--range", type=float, default=2.0, help="scales from 1/range to range")
     parser.add_argument("--tol", type=float, default=0.1, help="'at the truth': |s* - 1| within this (log)")
-    parser.add_argument("--checkpoint", action="append", default=[], metavar="LABEL=PATH",
-                        help="also score a trained model's depth on the same pixels (repeatable)")
-    parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    try:
-        trained = load_labelled(args.checkpoint)
-    except CheckpointError as err:
-        raise SystemExit(str(err)) from None
-
-    cfg = resolve_data(load_config("synth", DEFAULTS + list(args.overrides)))
+    trained, cfg, loader = load_probe(args)
     temporal = [i for i, f in enumerate(cfg.source_ids) if f != "s"]
     if len(temporal) != 2:
         raise SystemExit(f"the probe needs two temporal sources (frames 0, -1, 1), got {cfg.source_ids}")
-    data = build_dataset(cfg, "val", load_depth=True, load_regions=True)
-    loader = torch.utils.data.DataLoader(data, batch_size=cfg.train.batch_size, shuffle=False)
     scales = scale_grid(args.scales, args.range)
     log_s = scales.log().numpy()
     found: dict[str, list[np.ndarray]] = {"avg": [], "min": []}

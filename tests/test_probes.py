@@ -17,7 +17,10 @@ SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "occlusion_probe.
 
 
 def _load(script: Path):
-    """An experiments/ script imported as a module (its functions, without running main)."""
+    """An experiments/ script imported as a module (its functions, without running main); its folder goes on
+    the path, as when the script runs, for its sibling modules (``probe_setup``)."""
+    if str(script.parent) not in sys.path:
+        sys.path.insert(0, str(script.parent))
     spec = importlib.util.spec_from_file_location(script.stem, script)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -27,6 +30,27 @@ def _load(script: Path):
 
 def _probe():
     return _load(SCRIPT)
+
+
+@pytest.fixture(scope="module")
+def tiny_world_and_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A rendered tiny world and an untrained checkpoint of the probes' kind (exact poses, 64×160), made once."""
+    from md2bench.checkpoint import save_checkpoint
+    from md2bench.config import load_config
+    from md2bench.data.synthetic import render_world
+    from md2bench.models import build_models
+
+    root = tmp_path_factory.mktemp("probes")
+    world = render_world(root / "tiny", preset="tiny", progress=False).root
+    cfg = load_config("synth", ["model.pretrained=scratch", "model.pose_source=gt", "data.height=64",
+                                "data.width=160"])
+    torch.manual_seed(0)
+    save_checkpoint(root / "untrained.pt", {"models": build_models(cfg).state_dict(), "config": cfg.to_dict()})
+    return world, root / "untrained.pt"
+
+
+def _tiny_overrides(world: Path) -> list[str]:
+    return [f"data.path={world}", "data.synth_preset=tiny", "data.height=64", "data.width=160", "train.batch_size=2"]
 
 
 def _camera(height: int, width: int, f: float = 100.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,25 +113,14 @@ def test_scale_grid_is_log_symmetric_around_the_truth() -> None:
 
 
 @pytest.mark.slow
-def test_occlusion_probe_runs_on_a_tiny_world(tmp_path: Path) -> None:
+def test_occlusion_probe_runs_on_a_tiny_world(tiny_world_and_checkpoint: tuple[Path, Path]) -> None:
     """The script on a tiny rendered world: one line per region and reduction, the shares add up (occluded =
     out of view + hidden; not occluded = textured + low texture; occluded + not occluded = all), fractions in
     [0, 1], and a summary line."""
-    from md2bench.data.synthetic import render_world
-
-    from md2bench.checkpoint import save_checkpoint
-    from md2bench.config import load_config
-    from md2bench.models import build_models
-
-    world = render_world(tmp_path / "tiny", preset="tiny", progress=False).root
-    cfg = load_config("synth", ["model.pretrained=scratch", "model.pose_source=gt", "data.height=64",
-                                "data.width=160"])
-    torch.manual_seed(0)
-    save_checkpoint(tmp_path / "untrained.pt", {"models": build_models(cfg).state_dict(), "config": cfg.to_dict()})
+    world, checkpoint = tiny_world_and_checkpoint
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--batches", "1", "--scales", "5",
-         "--checkpoint", f"untrained={tmp_path / 'untrained.pt'}", f"data.path={world}", "data.synth_preset=tiny", "data.height=64", "data.width=160", "train.batch_size=2"],
-        capture_output=True, text=True, timeout=300)
+        [sys.executable, str(SCRIPT), "--batches", "1", "--scales", "5", "--checkpoint", f"untrained={checkpoint}",
+         *_tiny_overrides(world)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     rows = {(line["region"], line["reduce"]): line for line in lines if "reduce" in line}
@@ -215,21 +228,11 @@ def test_multiscale_score_is_median_scaled_per_region() -> None:
     assert math.isnan(probe.score(gt, gt, np.zeros((8, 8), dtype=bool))["low_texture"][0])
 
 
-def test_multiscale_probe_runs_on_a_tiny_world(tmp_path: Path) -> None:
-    from md2bench.checkpoint import save_checkpoint
-    from md2bench.config import load_config
-    from md2bench.data.synthetic import render_world
-    from md2bench.models import build_models
-
-    world = render_world(tmp_path / "tiny", preset="tiny", progress=False).root
-    cfg = load_config("synth", ["model.pretrained=scratch", "model.pose_source=gt", "data.height=64",
-                                "data.width=160"])
-    torch.manual_seed(0)
-    save_checkpoint(tmp_path / "untrained.pt", {"models": build_models(cfg).state_dict(), "config": cfg.to_dict()})
+def test_multiscale_probe_runs_on_a_tiny_world(tiny_world_and_checkpoint: tuple[Path, Path]) -> None:
+    world, checkpoint = tiny_world_and_checkpoint
     proc = subprocess.run(
-        [sys.executable, str(MULTISCALE), "--batches", "1", "--checkpoint", f"untrained={tmp_path / 'untrained.pt'}",
-         f"data.path={world}", "data.synth_preset=tiny", "data.height=64", "data.width=160", "train.batch_size=2"],
-        capture_output=True, text=True, timeout=300)
+        [sys.executable, str(MULTISCALE), "--batches", "1", "--checkpoint", f"untrained={checkpoint}",
+         *_tiny_overrides(world)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     rows = {(line["scale"], line["region"]): line for line in lines if "region" in line}
