@@ -1,7 +1,7 @@
 """One frozen, typed configuration for every Monodepth2 ablation.
 
 The tree is ``Config`` -> ``model`` / ``loss`` / ``data`` / ``train``. Every field is a plain value, every
-ablation switch is positive and enumerated (``loss.reprojection = "min" | "avg"``, ``loss.automask =
+ablation switch is positive and enumerated (``loss.reprojection = "min" | "avg" | "random"``, ``loss.automask =
 true | false``, ``loss.multiscale = "full_res" | "per_scale" | "single"`` ...). Nothing mutates a config:
 derived values (frame ids, the source frames, the scales a loss uses) are properties, and
 ``Config.override`` returns a new object.
@@ -117,7 +117,10 @@ class LossConfig:
 
     Attributes:
         reprojection: ``"min"``: per-pixel minimum of the photometric error over source frames (Monodepth2);
-            ``"avg"``: their mean (baseline).
+            ``"avg"``: their mean (baseline); ``"random"``: one source per pixel, drawn uniformly at every step
+            (its identity error too, for auto-masking) — not in the paper's code: an unbiased one-source estimate
+            of the average, to tell the minimum's *choice* of source from its *one gradient per pixel* (README,
+            "Results").
         automask: auto-masking of stationary pixels: the identity (unwarped) errors join the per-pixel
             minimum, with a tiny random tie-break (std ``automask_noise``) added to them, as the reference does.
         automask_noise: std of the tie-break noise on the identity errors (reference: 1e-5).
@@ -156,7 +159,7 @@ class LossConfig:
     mask_out_of_view: bool = False
 
     def __post_init__(self) -> None:
-        _choice("loss", "reprojection", self.reprojection, ("min", "avg"))
+        _choice("loss", "reprojection", self.reprojection, ("min", "avg", "random"))
         _choice("loss", "multiscale", self.multiscale, ("full_res", "per_scale", "single"))
         if self.predictive_mask and self.automask:
             raise ConfigError(

@@ -168,18 +168,21 @@ def photometric_error(pred: torch.Tensor, target: torch.Tensor, ssim: bool, alph
 def reprojection_loss(
     reprojection_errors: torch.Tensor,
     identity_errors: torch.Tensor | None,
-    reduce: Literal["min", "avg"],
+    reduce: Literal["min", "avg", "random"],
     noise_std: float = 1e-5,
     generator: torch.Generator | None = None,
     mask: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
     valid: torch.Tensor | None = None,
+    draws: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One scale's photometric term: min/avg over sources, implicit auto-masking (REFERENCE.md §2.6).
 
     Steps, exactly as the reference: (1) a predictive mask multiplies the reprojection errors; (2) ``avg``
     averages the reprojection errors over sources to one channel, and the identity errors too; ``min`` keeps
-    all N channels of both; (3) fresh Gaussian noise of std ``noise_std`` is added to the identity errors
+    all N channels of both; ``random`` (not in the paper's code) keeps, per pixel, the reprojection and identity
+    errors of one source drawn uniformly — an unbiased one-source estimate of ``avg``, one source's gradient per
+    pixel as ``min`` but without its choice; (3) fresh Gaussian noise of std ``noise_std`` is added to the identity errors
     (tie-break); (4) channels are concatenated as ``[identity, reprojection]`` and the per-pixel minimum is
     taken (a single channel is used as is); (5) the loss is the mean over **all** B·H·W pixels. Pixels where
     an identity channel wins keep that (network-independent) error in the mean: the auto-mask is implicit.
@@ -187,7 +190,8 @@ def reprojection_loss(
     Args:
         reprojection_errors: B×N×H×W photometric errors of the warped sources against the target.
         identity_errors: B×N×H×W errors of the unwarped sources against the target, or None (no auto-mask).
-        reduce: ``"min"`` (per-pixel minimum over sources) or ``"avg"`` (mean over sources).
+        reduce: ``"min"`` (per-pixel minimum over sources), ``"avg"`` (mean over sources) or ``"random"`` (one
+            source per pixel, drawn uniformly among the valid ones).
         noise_std: std of the tie-break noise added to the identity errors (0: none is drawn).
         generator: random generator for the noise; None uses the default generator of the errors' device.
         mask: B×N×H×W predictive (explainability) mask in (0, 1) multiplying the reprojection errors, or None.
@@ -196,8 +200,12 @@ def reprojection_loss(
             lets a caller draw the noise outside compiled code. Scaled by ``noise_std`` like drawn noise.
         valid: B×N×H×W bool, or None (the reference: every source counts everywhere). Where given, a source's
             reprojection error counts only where it is valid (``loss.mask_out_of_view``: its sample lies inside
-            the source image): ``min`` never picks an invalid source, ``avg`` averages the valid ones. A pixel
-            with no valid source keeps all of them, as without ``valid``. Identity errors are not affected.
+            the source image): ``min`` never picks an invalid source, ``avg`` averages the valid ones, ``random``
+            draws among the valid ones. A pixel with no valid source keeps all of them, as without ``valid``.
+            Identity errors are not affected (except that ``random`` takes the drawn source's).
+        draws: ``random`` only: B×N×H×W uniform draws in [0, 1) to use instead of drawing them here from
+            ``generator`` (lets a caller draw outside compiled code); each pixel takes the valid source with the
+            largest draw.
 
     Returns:
         ``(loss, diagnostics)``: scalar loss; diagnostics (detached) hold ``per_pixel`` (B×H×W chosen value),
@@ -205,11 +213,11 @@ def reprojection_loss(
         identity errors are given, ``automask`` (B×H×W float, µ = 1 where a warped term won, 0 where an
         identity term won).
     """
-    if reduce not in ("min", "avg"):
-        raise ValueError(f"reduce must be 'min' or 'avg', got {reduce!r}")
+    if reduce not in ("min", "avg", "random"):
+        raise ValueError(f"reduce must be 'min', 'avg' or 'random', got {reduce!r}")
     if reprojection_errors.dim() != 4:
         raise ValueError(f"reprojection_errors must be B×N×H×W, got {tuple(reprojection_errors.shape)}")
-    for name, other in (("identity_errors", identity_errors), ("mask", mask), ("valid", valid)):
+    for name, other in (("identity_errors", identity_errors), ("mask", mask), ("valid", valid), ("draws", draws)):
         if other is not None and other.shape != reprojection_errors.shape:
             raise ValueError(
                 f"{name} must have the shape of reprojection_errors {tuple(reprojection_errors.shape)}, "
@@ -224,6 +232,15 @@ def reprojection_loss(
         else:
             weights = valid.to(errors.dtype)
             errors = (errors * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True)
+    elif reduce == "random":
+        if draws is None:
+            draws = torch.rand(errors.shape, generator=generator, device=errors.device, dtype=errors.dtype)
+        if valid is not None:
+            draws = torch.where(valid, draws, torch.full_like(draws, -1.0))
+        pick = draws.argmax(dim=1, keepdim=True)  # B×1×H×W source index
+        errors = errors.gather(1, pick)
+        if identity_errors is not None:
+            identity_errors = identity_errors.gather(1, pick)
     elif valid is not None:
         errors = torch.where(valid, errors, torch.full_like(errors, float("inf")))
     num_identity = 0

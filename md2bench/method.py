@@ -271,8 +271,8 @@ def compute_loss(outputs: Outputs, inputs: Inputs, cfg: Config) -> tuple[Tensor,
     ``loss.mask_out_of_view``, over the sources whose sample stays inside the image) and the
     implicit auto-mask per :func:`md2bench.losses.reprojection_loss`; with a predictive mask, + weight·BCE;
     smoothness on the native-scale σ_s with the native-scale raw target, weight λ/2^s. The total is the mean
-    over ``cfg.loss_scales``. Tie-break noise comes from the default generator of the device (seeded by the
-    trainer).
+    over ``cfg.loss_scales``. Tie-break noise (and, for ``loss.reprojection = "random"``, each pixel's source)
+    comes from the default generator of the device (seeded by the trainer).
 
     Args:
         outputs: from :func:`forward`.
@@ -287,8 +287,9 @@ def compute_loss(outputs: Outputs, inputs: Inputs, cfg: Config) -> tuple[Tensor,
     """
     with no_autocast(inputs.aug.device):
         noise = _draw_tiebreak_noise(inputs, cfg)
+        draws = _draw_source_picks(inputs, cfg)
         loss_fn = _compiled_loss() if cfg.train.compile_loss else _compute_loss_fp32
-        return loss_fn(outputs, inputs, cfg, noise)
+        return loss_fn(outputs, inputs, cfg, noise, draws)
 
 
 def _draw_tiebreak_noise(inputs: Inputs, cfg: Config) -> list[Tensor]:
@@ -310,6 +311,20 @@ def _draw_tiebreak_noise(inputs: Inputs, cfg: Config) -> list[Tensor]:
     return noise
 
 
+def _draw_source_picks(inputs: Inputs, cfg: Config) -> list[Tensor]:
+    """``loss.reprojection = "random"``: per loss scale, B×N×H×W uniform draws (the source each pixel takes),
+    drawn after the tie-break noise from the same device generator; empty for ``min`` and ``avg``."""
+    if cfg.loss.reprojection != "random":
+        return []
+    work = {s: (s if cfg.loss.multiscale == "per_scale" else 0) for s in cfg.loss_scales}
+    frames = inputs.raw[0]
+    draws = []
+    for s in cfg.loss_scales:
+        height, width = inputs.raw[work[s]].shape[-2:]
+        draws.append(torch.rand(frames.shape[0], len(cfg.source_ids), height, width, device=frames.device))
+    return draws
+
+
 @functools.cache
 def _compiled_loss() -> Any:
     """``torch.compile`` of the fp32 loss, built once per process (dynamo caches one graph per config)."""
@@ -317,7 +332,7 @@ def _compiled_loss() -> Any:
 
 
 def _compute_loss_fp32(
-    outputs: Outputs, inputs: Inputs, cfg: Config, noise: list[Tensor]
+    outputs: Outputs, inputs: Inputs, cfg: Config, noise: list[Tensor], draws: list[Tensor]
 ) -> tuple[Tensor, dict[str, Tensor]]:
     loss_cfg = cfg.loss
     scales = cfg.loss_scales
@@ -362,6 +377,7 @@ def _compute_loss_fp32(
             photometric, diag = reprojection_loss(
                 errors[g], identity, loss_cfg.reprojection, loss_cfg.automask_noise, None, mask,  # type: ignore
                 noise=noise[scales.index(s)] if noise else None, valid=valid[g] if valid is not None else None,
+                draws=draws[scales.index(s)] if draws else None,
             )
             term = photometric
             if mask is not None:

@@ -57,6 +57,8 @@ SWITCHES: tuple[Switch, ...] = (
     Switch("automask_warmup", "AM warm-up", "auto-masking starts after a warm-up (loss.automask_warmup_steps)"),
     Switch("oov_mask", "OOV mask", "a source's sample outside its image is left out of the min/avg "
            "(loss.mask_out_of_view; not in the paper's code)"),
+    Switch("random_source", "random src", "one source per pixel, drawn at every step, in place of the min/avg "
+           "(loss.reprojection = \"random\"; not in the paper's code)"),
 )
 
 FLAG_KEYS: tuple[str, ...] = tuple(s.key for s in SWITCHES)

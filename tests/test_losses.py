@@ -169,6 +169,47 @@ def test_an_invalid_source_gets_no_gradient() -> None:
     assert reprojection.grad[0, :, 0, 1].tolist() == [0.25, 0.25]
 
 
+def test_random_takes_the_drawn_sources_errors_and_identity() -> None:
+    # Pixel (0, 0) draws source 1, pixel (0, 1) source 0 (the larger draw wins).
+    reprojection = _errors([[0.4, 0.3]], [[0.05, 0.1]])
+    identity = _errors([[0.2, 0.5]], [[0.01, 0.05]])
+    draws = torch.tensor([[[[0.1, 0.9]], [[0.7, 0.2]]]], dtype=torch.float64)
+    loss, diag = reprojection_loss(reprojection, None, "random", noise_std=0.0, draws=draws)
+    torch.testing.assert_close(diag["per_pixel"], torch.tensor([[[0.05, 0.3]]], dtype=torch.float64))
+    assert loss.item() == pytest.approx(0.175)
+    # with auto-masking the drawn source's identity competes: (0, 0) identity 0.01 < 0.05 wins (µ = 0);
+    # (0, 1) identity of source 0, 0.5, loses to 0.3 (µ = 1) although source 1's identity 0.05 would win
+    _, diag = reprojection_loss(reprojection, identity, "random", noise_std=0.0, draws=draws)
+    torch.testing.assert_close(diag["per_pixel"], torch.tensor([[[0.01, 0.3]]], dtype=torch.float64))
+    assert diag["automask"].tolist() == [[[0.0, 1.0]]]
+
+
+def test_random_draws_among_valid_sources_and_averages_to_avg() -> None:
+    reprojection = _errors([[0.4, 0.3]], [[0.05, 0.1]]).requires_grad_()
+    # source 1 invalid at (0, 0): it is never taken there, whatever the draw; (0, 1) draws source 1
+    valid = torch.tensor([[[[True, True]], [[False, True]]]])
+    draws = torch.tensor([[[[0.1, 0.1]], [[0.9, 0.9]]]], dtype=torch.float64)
+    loss, diag = reprojection_loss(reprojection, None, "random", noise_std=0.0, valid=valid, draws=draws)
+    torch.testing.assert_close(diag["per_pixel"], torch.tensor([[[0.4, 0.1]]], dtype=torch.float64))
+    loss.backward()
+    # one source's gradient per pixel: the drawn one gets the pixel's whole 1/2 share, the other none
+    assert reprojection.grad[0, :, 0, 0].tolist() == [0.5, 0.0]
+    assert reprojection.grad[0, :, 0, 1].tolist() == [0.0, 0.5]
+    # two complementary draws (u and 1 - u pick opposite sources) average exactly to the avg reduction
+    u = torch.rand(1, 2, 3, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    errors = torch.rand(1, 2, 3, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    a, _ = reprojection_loss(errors, None, "random", noise_std=0.0, draws=u)
+    b, _ = reprojection_loss(errors, None, "random", noise_std=0.0, draws=1 - u)
+    avg, _ = reprojection_loss(errors, None, "avg", noise_std=0.0)
+    assert ((a + b) / 2).item() == pytest.approx(avg.item(), abs=1e-15)
+    # without given draws they come from the generator: same seed, same loss
+    g1, _ = reprojection_loss(errors, None, "random", 0.0, torch.Generator().manual_seed(7))
+    g2, _ = reprojection_loss(errors, None, "random", 0.0, torch.Generator().manual_seed(7))
+    assert g1.item() == g2.item()
+    with pytest.raises(ValueError, match="draws must have the shape"):
+        reprojection_loss(errors, None, "random", draws=torch.zeros(1, 1, 3, 3))
+
+
 def test_valid_must_match_the_errors() -> None:
     with pytest.raises(ValueError, match="valid"):
         reprojection_loss(_errors([[0.1]], [[0.2]]), None, "min", valid=torch.ones(1, 1, 1, 1, dtype=torch.bool))

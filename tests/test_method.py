@@ -227,6 +227,32 @@ def test_mask_out_of_view_changes_nothing_when_every_sample_is_in_view() -> None
         assert masked.item() == plain.item()
 
 
+def test_random_reduction_takes_one_seeded_source_per_pixel_and_brackets_min_and_avg() -> None:
+    """``loss.reprojection = "random"``: per pixel the error of the source with the larger uniform draw (drawn
+    after the tie-break noise from the seeded device generator), so the same seed gives the same loss, and the
+    per-pixel value lies between the minimum and the maximum of the two sources' errors."""
+    overrides = {"loss.multiscale": "single", "loss.automask": False, "data.mode": "M"}
+    cfg = _cfg(**overrides, **{"loss.reprojection": "random"})
+    inputs = prepare_inputs(_batch(cfg), cfg, "cpu")
+    outputs = _sideways_outputs(cfg, 2.0)
+    raw = inputs.raw[0]
+    _, depth = disp_to_depth(outputs.disp[0], cfg.model.min_depth, cfg.model.max_depth)
+    errors = photometric_error(warp(raw[:, 1:], depth, outputs.T_src_tgt, inputs.K[0], inputs.inv_K[0]), raw[:, :1],
+                               ssim=True)  # B×2×H×W
+    torch.manual_seed(5)
+    loss, _ = compute_loss(outputs, inputs, cfg)
+    torch.manual_seed(5)
+    draws = torch.rand(BATCH, 2, HEIGHT, WIDTH)  # what compute_loss draws (no tie-break noise without auto-mask)
+    expected = errors.gather(1, draws.argmax(dim=1, keepdim=True)).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.manual_seed(5)
+    assert compute_loss(outputs, inputs, cfg)[0].item() == loss.item()
+    torch.manual_seed(6)
+    assert compute_loss(outputs, inputs, cfg)[0].item() != loss.item()
+    low, high = errors.min(dim=1).values.mean().item(), errors.max(dim=1).values.mean().item()
+    assert low < loss.item() < high
+
+
 def test_automask_diagnostic_is_the_fraction_where_a_warped_term_won() -> None:
     cfg = _cfg()
     inputs = prepare_inputs(_batch(cfg), cfg, "cpu")

@@ -1,0 +1,130 @@
+"""Auto-mask probe: which pixels does auto-masking leave out of the loss, under the minimum's criterion and under
+averaging's — at the true depth and at trained models' depth?
+
+With auto-masking on, the reference concatenates the unwarped sources' errors ("identity") with the warped ones
+and takes the per-pixel minimum; a pixel where an identity channel wins contributes a network-independent error,
+so it is left out of training. With ``loss.reprojection = "min"`` the identity channels are the two sources'
+own errors, so a pixel is left out where *either* unwarped source matches better than both warped ones
+(min id < min rep); with ``"avg"`` both are averaged first, so it is left out only where the *mean* of the
+unwarped errors beats the mean of the warped ones (avg id < avg rep). The two rows of the ablation therefore
+differ in which pixels they train on, not only in how they reduce the sources.
+
+No network is trained. For validation frames of the world, the two temporal sources (−1, +1) are warped into the
+target with the exact poses through md2bench's own ``geometry.warp`` and ``losses.photometric_error`` (SSIM +
+L1, as training), at the exact depth and at each ``--checkpoint``'s depth (network resolution, scale 0), and
+the probe reports per region the share of pixels each criterion *keeps* (µ = 1). With checkpoints it also
+reports each model's pixel-pooled abs rel (per-image median scaling, GT 0–80 m) on the pixels that each
+criterion keeps and leaves out at the true depth, so the error of the left-out pixels can be compared across
+rows. One JSON line per (depth, region); regions as the occlusion probe, plus ``comoving``.
+
+    python experiments/automask_probe.py --batches 16 --checkpoint min=md2bench_runs/<key>/checkpoint.pt \
+        --checkpoint avg=md2bench_runs/<key>/checkpoint.pt
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from md2bench import method
+from md2bench.geometry import warp
+from md2bench.losses import photometric_error
+from md2bench.metrics import STEREO_SCALE_FACTOR
+from md2bench.regions import REGION_NAMES
+from occlusion_probe import abs_rel_per_pixel, outside_each_source
+from probe_setup import load_probe, probe_parser
+
+REGIONS = ("all", "not occluded, textured", "not occluded, low texture", "occluded, out of view", "occluded, hidden",
+           "comoving")
+
+
+def kept(reprojection: torch.Tensor, identity: torch.Tensor) -> dict[str, torch.Tensor]:
+    """B×H×W bool: the pixels auto-masking keeps (a warped term wins), under each reduction's criterion.
+
+    Args:
+        reprojection: B×N×H×W photometric errors of the warped sources.
+        identity: B×N×H×W errors of the unwarped sources (no tie-break noise: ties count as kept).
+    """
+    return {"min": reprojection.min(dim=1).values <= identity.min(dim=1).values,
+            "avg": reprojection.mean(dim=1) <= identity.mean(dim=1)}
+
+
+def region_masks(regions: torch.Tensor, outside: torch.Tensor) -> dict[str, torch.Tensor]:
+    """B×H×W bool per REGIONS name from the world's region masks (B×3×H×W bool) and the exact out-of-view test."""
+    occluded = regions[:, REGION_NAMES.index("occluded")]
+    low = regions[:, REGION_NAMES.index("low_texture")]
+    out = outside.any(dim=1)
+    return {"all": torch.ones_like(occluded), "not occluded, textured": ~occluded & ~low,
+            "not occluded, low texture": ~occluded & low, "occluded, out of view": occluded & out,
+            "occluded, hidden": occluded & ~out, "comoving": regions[:, REGION_NAMES.index("comoving")]}
+
+
+def main() -> None:
+    parser = probe_parser(__doc__.split("\n\n")[0], "also measure at a trained model's depth and score it on the "
+                          "kept / left-out pixels (repeatable)")
+    args = parser.parse_args()
+    trained, cfg, loader = load_probe(args)
+    temporal = [i for i, f in enumerate(cfg.source_ids) if f != "s"]
+    if len(temporal) != 2:
+        raise SystemExit(f"the probe needs two temporal sources (frames 0, -1, 1), got {cfg.source_ids}")
+    depths = ["truth"] + list(trained)
+    shares: dict[tuple[str, str, str], list[np.ndarray]] = {}  # (depth, region, criterion) -> kept per pixel
+    errors: dict[str, list[np.ndarray]] = {label: [] for label in trained}  # per-pixel abs rel
+    truth_kept: dict[str, list[np.ndarray]] = {"min": [], "avg": []}
+    region_of: dict[str, list[np.ndarray]] = {name: [] for name in REGIONS}
+    for b, batch in enumerate(loader):
+        if b == args.batches:
+            break
+        inputs = method.prepare_inputs(batch, cfg, "cpu")
+        size = tuple(inputs.raw[0].shape[-2:])
+        metres = F.interpolate(batch["depth_gt"].float(), size=size, mode="nearest")
+        valid = metres[:, 0] > 0
+        exact = torch.where(metres > 0, metres / STEREO_SCALE_FACTOR, torch.full_like(metres, 60.0))
+        T = inputs.pose_gt[:, [cfg.frames.index(cfg.source_ids[i]) for i in temporal]]
+        K, inv_K = inputs.K[0], inputs.inv_K[0]
+        target, sources = inputs.raw[0][:, 0], inputs.raw[0][:, [1 + i for i in temporal]]
+        identity = photometric_error(sources, target.unsqueeze(1), True)
+        regions = F.interpolate(batch["region_masks"].float(), size=size, mode="nearest") > 0
+        masks = region_masks(regions, outside_each_source(exact, T, K, inv_K))
+        for name in REGIONS:
+            region_of[name].append(masks[name][valid].numpy())
+        for label in depths:
+            if label == "truth":
+                depth = exact
+            else:
+                with torch.no_grad():
+                    depth = 1.0 / method.predict_disparity(trained[label][1], target, trained[label][0])
+            reprojection = photometric_error(warp(sources, depth, T, K, inv_K), target.unsqueeze(1), True)
+            for criterion, keep in kept(reprojection, identity).items():
+                shares.setdefault((label, criterion), []).append(keep[valid].numpy())
+        for criterion in ("min", "avg"):
+            truth_kept[criterion].append(shares[("truth", criterion)][-1])
+        for label, (model_cfg, models) in trained.items():
+            errors[label].append(abs_rel_per_pixel(models, model_cfg, target, metres[:, 0], valid))
+    region = {name: np.concatenate(parts) for name, parts in region_of.items()}
+    for label in depths:
+        for name in REGIONS:
+            select = region[name]
+            line = {"depth": label, "region": name, "pixels": int(select.sum())}
+            for criterion in ("min", "avg"):
+                keep = np.concatenate(shares[(label, criterion)])[select]
+                line[f"kept_{criterion}"] = round(float(keep.mean()), 4) if keep.size else None
+            print(json.dumps(line), flush=True)
+    at_truth = {criterion: np.concatenate(parts) for criterion, parts in truth_kept.items()}
+    groups = {"kept by both": at_truth["min"] & at_truth["avg"], "left out by min only": ~at_truth["min"] & at_truth["avg"],
+              "left out by avg only": at_truth["min"] & ~at_truth["avg"], "left out by both": ~at_truth["min"] & ~at_truth["avg"]}
+    for label in trained:
+        err = np.concatenate(errors[label])
+        for name in ("all", "not occluded, textured", "not occluded, low texture"):
+            for group, select in groups.items():
+                chosen = select & region[name]
+                print(json.dumps({"checkpoint": label, "region": name, "at_truth": group, "pixels": int(chosen.sum()),
+                                  "abs_rel": round(float(np.nanmean(err[chosen])), 4) if chosen.any() else None}),
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()
