@@ -27,15 +27,13 @@ import json
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from md2bench import method
 from md2bench.geometry import warp
 from md2bench.losses import photometric_error
-from md2bench.metrics import STEREO_SCALE_FACTOR
 from md2bench.regions import REGION_NAMES
 from occlusion_probe import abs_rel_per_pixel, outside_each_source
-from probe_setup import load_probe, probe_parser
+from probe_setup import each_view, load_probe, probe_parser, temporal_sources
 
 REGIONS = ("all", "not occluded, textured", "not occluded, low texture", "occluded, out of view", "occluded, hidden",
            "comoving")
@@ -46,10 +44,11 @@ def kept(reprojection: torch.Tensor, identity: torch.Tensor) -> dict[str, torch.
 
     Args:
         reprojection: B×N×H×W photometric errors of the warped sources.
-        identity: B×N×H×W errors of the unwarped sources (no tie-break noise: ties count as kept).
+        identity: B×N×H×W errors of the unwarped sources (no tie-break noise: a tie goes to the identity, as
+            in ``losses.reprojection_loss``, whose minimum lists the identity channels first).
     """
-    return {"min": reprojection.min(dim=1).values <= identity.min(dim=1).values,
-            "avg": reprojection.mean(dim=1) <= identity.mean(dim=1)}
+    return {"min": reprojection.min(dim=1).values < identity.min(dim=1).values,
+            "avg": reprojection.mean(dim=1) < identity.mean(dim=1)}
 
 
 def region_masks(regions: torch.Tensor, outside: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -67,28 +66,17 @@ def main() -> None:
                           "kept / left-out pixels (repeatable)")
     args = parser.parse_args()
     trained, cfg, loader = load_probe(args)
-    temporal = [i for i, f in enumerate(cfg.source_ids) if f != "s"]
-    if len(temporal) != 2:
-        raise SystemExit(f"the probe needs two temporal sources (frames 0, -1, 1), got {cfg.source_ids}")
+    temporal_sources(cfg)
     depths = ["truth"] + list(trained)
     shares: dict[tuple[str, str, str], list[np.ndarray]] = {}  # (depth, region, criterion) -> kept per pixel
     errors: dict[str, list[np.ndarray]] = {label: [] for label in trained}  # per-pixel abs rel
     truth_kept: dict[str, list[np.ndarray]] = {"min": [], "avg": []}
     region_of: dict[str, list[np.ndarray]] = {name: [] for name in REGIONS}
-    for b, batch in enumerate(loader):
-        if b == args.batches:
-            break
-        inputs = method.prepare_inputs(batch, cfg, "cpu")
-        size = tuple(inputs.raw[0].shape[-2:])
-        metres = F.interpolate(batch["depth_gt"].float(), size=size, mode="nearest")
-        valid = metres[:, 0] > 0
-        exact = torch.where(metres > 0, metres / STEREO_SCALE_FACTOR, torch.full_like(metres, 60.0))
-        T = inputs.pose_gt[:, [cfg.frames.index(cfg.source_ids[i]) for i in temporal]]
-        K, inv_K = inputs.K[0], inputs.inv_K[0]
-        target, sources = inputs.raw[0][:, 0], inputs.raw[0][:, [1 + i for i in temporal]]
+    for views in each_view(loader, cfg, args.batches):
+        target, sources, T, K, inv_K = views.target, views.sources, views.T, views.K, views.inv_K
+        metres, valid, exact = views.metres, views.valid, views.exact
         identity = photometric_error(sources, target.unsqueeze(1), True)
-        regions = F.interpolate(batch["region_masks"].float(), size=size, mode="nearest") > 0
-        masks = region_masks(regions, outside_each_source(exact, T, K, inv_K))
+        masks = region_masks(views.regions, outside_each_source(exact, T, K, inv_K))
         for name in REGIONS:
             region_of[name].append(masks[name][valid].numpy())
         for label in depths:

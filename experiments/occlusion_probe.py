@@ -38,15 +38,14 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from md2bench import method
 from md2bench.geometry import backproject, in_view, source_grids, warp
 from md2bench.losses import photometric_error
-from md2bench.metrics import (MAX_DEPTH, MIN_DEPTH, STEREO_SCALE_FACTOR, median_scale, protocol_for_split,
+from md2bench.metrics import (MAX_DEPTH, MIN_DEPTH, median_scale, protocol_for_split,
                               valid_mask)
 from md2bench.regions import REGION_NAMES
-from probe_setup import load_probe, probe_parser
+from probe_setup import each_view, load_probe, probe_parser, temporal_sources
 
 
 
@@ -108,9 +107,7 @@ def main() -> None:
     parser.add_argument("--tol", type=float, default=0.1, help="'at the truth': |s* - 1| within this (log)")
     args = parser.parse_args()
     trained, cfg, loader = load_probe(args)
-    temporal = [i for i, f in enumerate(cfg.source_ids) if f != "s"]
-    if len(temporal) != 2:
-        raise SystemExit(f"the probe needs two temporal sources (frames 0, -1, 1), got {cfg.source_ids}")
+    temporal_sources(cfg)
     scales = scale_grid(args.scales, args.range)
     log_s = scales.log().numpy()
     found: dict[str, list[np.ndarray]] = {"avg": [], "min": []}
@@ -119,21 +116,12 @@ def main() -> None:
     picks_outside: list[np.ndarray] = []  # per pixel out of view in one source: min picks that source at s = 1
     scored: dict[str, list[np.ndarray]] = {label: [] for label in trained}  # per-pixel abs rel of each model
     own_picks: dict[str, list[np.ndarray]] = {label: [] for label in trained}  # as picks_outside, model's depth
-    for b, batch in enumerate(loader):
-        if b == args.batches:
-            break
-        inputs = method.prepare_inputs(batch, cfg, "cpu")
-        size = tuple(inputs.raw[0].shape[-2:])
-        metres = F.interpolate(batch["depth_gt"].float(), size=size, mode="nearest")
-        valid = metres[:, 0] > 0
-        # network units, as prepare_inputs converts the exact poses; sky (no GT) far away, as pose_probe does
-        depth = torch.where(metres > 0, metres / STEREO_SCALE_FACTOR, torch.full_like(metres, 60.0))
-        T = inputs.pose_gt[:, [cfg.frames.index(cfg.source_ids[i]) for i in temporal]]
-        K, inv_K = inputs.K[0], inputs.inv_K[0]
-        target, sources = inputs.raw[0][:, 0], inputs.raw[0][:, [1 + i for i in temporal]]
+    for views in each_view(loader, cfg, args.batches):
+        target, sources, T, K, inv_K = views.target, views.sources, views.T, views.K, views.inv_K
+        metres, valid, depth = views.metres, views.valid, views.exact
         curves = torch.stack([photometric_error(warp(sources, depth * s, T, K, inv_K), target.unsqueeze(1), True)
                               for s in scales.float()], dim=1)  # B×S×N×H×W
-        regions = F.interpolate(batch["region_masks"].float(), size=size, mode="nearest") > 0
+        regions = views.regions
         occluded = regions[:, REGION_NAMES.index("occluded")]
         outside = outside_each_source(depth, T, K, inv_K)
         group = torch.where(occluded, torch.where(outside.any(dim=1), 1, 2), 0)

@@ -1,4 +1,5 @@
-"""experiments/occlusion_probe.py: its out-of-view test on hand-made geometry, and the script as a user runs it."""
+"""The checkpoint probes in experiments/ (occlusion, multi-scale, auto-mask): their pieces on hand-made values and
+geometry, and each script as a user runs it."""
 
 from __future__ import annotations
 
@@ -51,6 +52,16 @@ def tiny_world_and_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple
 
 def _tiny_overrides(world: Path) -> list[str]:
     return [f"data.path={world}", "data.synth_preset=tiny", "data.height=64", "data.width=160", "train.batch_size=2"]
+
+
+def _run_probe(script: Path, world: Path, checkpoint: Path, *options: str) -> list[dict]:
+    """Run a probe script as a user does (one batch of the tiny world, the checkpoint labelled ``untrained``);
+    its JSON lines."""
+    proc = subprocess.run(
+        [sys.executable, str(script), "--batches", "1", *options, "--checkpoint", f"untrained={checkpoint}",
+         *_tiny_overrides(world)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
 def _camera(height: int, width: int, f: float = 100.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,11 +129,7 @@ def test_occlusion_probe_runs_on_a_tiny_world(tiny_world_and_checkpoint: tuple[P
     out of view + hidden; not occluded = textured + low texture; occluded + not occluded = all), fractions in
     [0, 1], and a summary line."""
     world, checkpoint = tiny_world_and_checkpoint
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--batches", "1", "--scales", "5", "--checkpoint", f"untrained={checkpoint}",
-         *_tiny_overrides(world)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    lines = _run_probe(SCRIPT, world, checkpoint, "--scales", "5")
     rows = {(line["region"], line["reduce"]): line for line in lines if "reduce" in line}
     picks = [line for line in lines if "min_picks_the_outside_source_at_truth" in line]
     assert len(picks) == 1 and picks[0]["pixels"] > 0
@@ -230,13 +237,62 @@ def test_multiscale_score_is_median_scaled_per_region() -> None:
 
 def test_multiscale_probe_runs_on_a_tiny_world(tiny_world_and_checkpoint: tuple[Path, Path]) -> None:
     world, checkpoint = tiny_world_and_checkpoint
-    proc = subprocess.run(
-        [sys.executable, str(MULTISCALE), "--batches", "1", "--checkpoint", f"untrained={checkpoint}",
-         *_tiny_overrides(world)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    lines = _run_probe(MULTISCALE, world, checkpoint)
     rows = {(line["scale"], line["region"]): line for line in lines if "region" in line}
     assert set(rows) == {(s, r) for s in range(4) for r in ("low_texture", "textured")}
     assert all(line["images"] == 0 or (line["abs_rel"] >= 0 and 0 <= line["a1"] <= 1
                                        and math.isfinite(line["log_ratio"])) for line in rows.values())
     assert lines[-1] == {"images": 2, "checkpoints": 1, "scales": [0, 1, 2, 3]}
+
+
+AUTOMASK = Path(__file__).resolve().parents[1] / "experiments" / "automask_probe.py"
+
+
+def test_automask_criteria_differ_where_one_unwarped_source_matches() -> None:
+    """Pixel 0: the unwarped source 0 matches (0.05) better than both warps (0.1): the minimum's criterion drops
+    it, averaging's keeps it (mean identity 0.275 > 0.1). Pixel 1: one warp is perfect (0.0), the other bad
+    (0.6): the minimum keeps it, averaging drops it (0.3 > mean identity 0.2). Both agree with the auto-mask of
+    ``losses.reprojection_loss`` (ties go to the identity there and here)."""
+    from md2bench.losses import reprojection_loss
+
+    probe = _load(AUTOMASK)
+    reprojection = torch.tensor([[[[0.1, 0.0, 0.2]], [[0.1, 0.6, 0.2]]]])
+    identity = torch.tensor([[[[0.05, 0.2, 0.2]], [[0.5, 0.2, 0.2]]]])
+    kept = probe.kept(reprojection, identity)
+    assert kept["min"].tolist() == [[[False, True, False]]]
+    assert kept["avg"].tolist() == [[[True, False, False]]]  # pixel 2: a tie, the identity wins
+    errors = torch.rand(2, 2, 5, 7, generator=torch.Generator().manual_seed(0))
+    unwarped = torch.rand(2, 2, 5, 7, generator=torch.Generator().manual_seed(1))
+    for reduce, keep in probe.kept(errors, unwarped).items():
+        _, diag = reprojection_loss(errors, unwarped, reduce, noise_std=0.0)
+        assert torch.equal(diag["automask"].bool(), keep)
+
+
+def test_automask_probe_regions_partition_the_image() -> None:
+    probe = _load(AUTOMASK)
+    regions = torch.rand(2, 3, 4, 6, generator=torch.Generator().manual_seed(2)) > 0.5
+    outside = torch.rand(2, 2, 4, 6, generator=torch.Generator().manual_seed(3)) > 0.7
+    masks = probe.region_masks(regions, outside)
+    parts = [masks[name] for name in ("not occluded, textured", "not occluded, low texture", "occluded, out of view",
+                                      "occluded, hidden")]
+    assert torch.equal(torch.stack(parts).sum(dim=0), torch.ones(2, 4, 6, dtype=torch.long))
+    assert masks["all"].all() and torch.equal(masks["comoving"], regions[:, 1])
+
+
+def test_automask_probe_runs_on_a_tiny_world(tiny_world_and_checkpoint: tuple[Path, Path]) -> None:
+    world, checkpoint = tiny_world_and_checkpoint
+    lines = _run_probe(AUTOMASK, world, checkpoint)
+    shares = {(line["depth"], line["region"]): line for line in lines if "depth" in line}
+    assert set(shares) == {(d, r) for d in ("truth", "untrained") for r in AUTOMASK_REGIONS}
+    total = shares[("truth", "all")]["pixels"]
+    assert total > 0 and total == sum(shares[("truth", r)]["pixels"] for r in AUTOMASK_REGIONS[1:5])
+    assert all(line[key] is None or 0.0 <= line[key] <= 1.0 for line in shares.values()
+               for key in ("kept_min", "kept_avg"))
+    scored = [line for line in lines if line.get("checkpoint") == "untrained"]
+    assert len(scored) == 12
+    assert sum(line["pixels"] for line in scored if line["region"] == "all") == total
+    assert all(line["abs_rel"] is None or line["abs_rel"] >= 0.0 for line in scored)
+
+
+AUTOMASK_REGIONS = ("all", "not occluded, textured", "not occluded, low texture", "occluded, out of view",
+                    "occluded, hidden", "comoving")
