@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One lent-GPU session: the throughput benchmark and as much of the synthetic ablation grid as the time allows, then
 # its report in reports/synth-ablation/ (paper and synthetic presets, 1/2/4 runs packed on the GPU, the loader at 640x192).
-# Usage (device tool, repo root, with MLflow wheels for the device's Python carried in .whl/):
+# Usage (device tool, repo root, with MLflow and Optuna wheels for the device's Python carried in .whl/: fill it
+# here first with `bash experiments/gpu-wheels.sh`, about 35 MB, and name .whl in the call's carry):
 #   bash experiments/gpu-session.sh GRID_SECONDS
 set -u
 GRID_SECONDS=${1:-200}
