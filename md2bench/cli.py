@@ -294,6 +294,8 @@ def evaluate_cmd(
     split: Optional[str] = typer.Option(None, "--split", help="test (default: the config's test split), val, eigen, "
                                         "eigen_benchmark or synth."),
     post_process: bool = typer.Option(False, "--post-process", help="Blend with the flipped image's prediction."),
+    crop: Optional[str] = typer.Option(None, "--crop", help="garg or none: override the split's crop (default: "
+                                       "garg for eigen, none otherwise)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the per-image metrics to this CSV."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
@@ -304,6 +306,8 @@ def evaluate_cmd(
 
     if (checkpoint is None) == (floor is None):
         _fail("give exactly one of --checkpoint PATH (a trained model) or --floor constant|row_prior")
+    if crop not in (None, "garg", "none"):
+        _fail(f"--crop must be garg (the Eigen/Garg crop) or none, got {crop!r}")
     if checkpoint is not None and args:
         _fail(f"config arguments ({' '.join(args)}) go with --floor; a checkpoint carries its own config")
     try:
@@ -313,14 +317,15 @@ def evaluate_cmd(
 
             cfg = _load_config_args(args)
             try:
-                result = evaluate_floor(floor, cfg, split=split, progress=True)
+                result = evaluate_floor(floor, cfg, split=split, progress=True, crop=crop)
             except (FloorUnavailable, DatasetNotFoundError, DatasetFileError) as exc:
                 _fail(str(exc))
         else:
             assert checkpoint is not None
             torch_device = resolve_device(device)
             cfg, models = load_for_inference(checkpoint, torch_device)
-            result = evaluate_depth(models, cfg, split=split, post_process=post_process, device=torch_device)
+            result = evaluate_depth(models, cfg, split=split, post_process=post_process, device=torch_device,
+                                    crop=crop)
     except (CheckpointError, FileNotFoundError, ValueError, RuntimeError) as exc:
         _fail(str(exc))
     metrics = {f"test/{k}": v for k, v in result.mean.items()}

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -151,6 +151,7 @@ def evaluate_depth(
     num_workers: int = 0,
     predict: PredictFn | None = None,
     scaling: str | None = None,
+    crop: str | None = None,
 ) -> EvalResult:
     """Evaluate depth predictions of ``models`` with the standard protocol.
 
@@ -173,6 +174,9 @@ def evaluate_depth(
             bilinearly to the GT size like a network's output); default ``md2bench.method.predict_disparity``.
         scaling: None: the model's (median scaling for monocular models, a fixed factor for stereo-trained ones,
             ``scaling_for``); ``"median"``: per-image median scaling whatever the mode (the no-learning floors).
+        crop: None: the split's crop (``metrics.protocol_for_split``: Garg for ``eigen``, none otherwise);
+            ``"garg"`` or ``"none"`` to override it (e.g. the Eigen crop on the synthetic world, to compare with
+            KITTI's scored region). The crop used is in ``settings["crop"]``.
 
     Returns:
         :class:`EvalResult`.
@@ -186,6 +190,10 @@ def evaluate_depth(
 
     cfg, ds_split, protocol_name = _resolve_split(cfg, split)
     protocol = EvalProtocol("none", MIN_DEPTH, MAX_DEPTH) if protocol_name == "val" else protocol_for_split(protocol_name)
+    if crop is not None:
+        if crop not in ("garg", "none"):
+            raise ValueError(f"crop must be 'garg' or 'none', got {crop!r}")
+        protocol = replace(protocol, crop=crop)
     kitti_test = cfg.data.dataset == "kitti" and ds_split == "test"
     if kitti_test:
         gt_path = Path(gt_path) if gt_path is not None else gt_file(dataset_root(cfg), protocol_name)

@@ -122,7 +122,7 @@ def row_prior_predict(prior: RowPrior) -> PredictFn:
 
 
 def evaluate_floor(name: str, cfg: "Config", split: str | None = None, *, prior: RowPrior | None = None,
-                   progress: bool = False, batch_size: int = 16) -> EvalResult:
+                   progress: bool = False, batch_size: int = 16, crop: str | None = None) -> EvalResult:
     """One floor through ``evaluate_depth`` (per-image median scaling).
 
     Args:
@@ -132,6 +132,7 @@ def evaluate_floor(name: str, cfg: "Config", split: str | None = None, *, prior:
         prior: the row prior (``row_prior(cfg)`` when None and needed).
         progress: progress bar.
         batch_size: images per batch.
+        crop: as ``evaluate_depth`` (None: the split's crop).
 
     Returns:
         The evaluation; ``settings`` also holds ``floor`` and, for the row prior, ``prior_split`` and
@@ -151,7 +152,7 @@ def evaluate_floor(name: str, cfg: "Config", split: str | None = None, *, prior:
         predict = row_prior_predict(prior)
         extra.update(prior_split=prior.split, prior_images=prior.images)
     result = evaluate_depth(None, cfg, split=split, progress=progress, batch_size=batch_size, predict=predict,
-                            scaling="median")
+                            scaling="median", crop=crop)
     result.settings.update(extra)
     return result
 

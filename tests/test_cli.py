@@ -68,6 +68,13 @@ def test_a_bad_argument_exits_2_with_the_fix(command: str, tmp_path: Path) -> No
     assert "Traceback" not in output
 
 
+def test_evaluate_rejects_an_unknown_crop_before_loading_anything(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "missing.pt"), "--crop", "eigen"],
+                                prog_name="md2bench")
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2 and "--crop must be garg (the Eigen/Garg crop) or none" in output, output
+
+
 @pytest.mark.parametrize("entry", [["cli.py"], ["-m", "md2bench"]])
 def test_the_shims_start_the_same_app(entry: list[str]) -> None:
     out = subprocess.run([sys.executable, *entry, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)

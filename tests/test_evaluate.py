@@ -89,6 +89,26 @@ def test_exact_prediction_scores_zero(tmp_path: Path) -> None:
     assert result.settings["crop"] == "none" and result.settings["scaling"] == "median"
 
 
+def test_crop_override_scores_only_the_garg_region(tmp_path: Path) -> None:
+    """A prediction exact inside the Garg crop and twice too far in the top 10 rows (all outside the crop, which
+    starts at row int(0.408 × 32) = 13): with ``crop="garg"`` it scores 0; with the synthetic split's own
+    protocol (no crop) the top rows count."""
+    root = _write_world(tmp_path)
+
+    def top_wrong(models: object, images: torch.Tensor, cfg: Config) -> torch.Tensor:
+        depth = images[:, 0:1] * 255.0 / 4.0
+        depth[..., :10, :] *= 2.0
+        return 1.0 / depth
+
+    garg = evaluate_depth(None, _cfg(root), predict=top_wrong, progress=False, crop="garg")
+    assert garg.mean["abs_rel"] == pytest.approx(0.0, abs=1e-6) and garg.settings["crop"] == "garg"
+    full = evaluate_depth(None, _cfg(root), predict=top_wrong, progress=False)
+    # no crop: 10 of 32 rows at 20 m, the median stays 10 m (ratio 1): abs rel = 10/32 · |20 − 10|/10
+    assert full.mean["abs_rel"] == pytest.approx(10 / 32) and full.settings["crop"] == "none"
+    with pytest.raises(ValueError, match="crop must be"):
+        evaluate_depth(None, _cfg(root), predict=top_wrong, progress=False, crop="eigen")
+
+
 def test_moving_static_split_and_median_ratio(tmp_path: Path) -> None:
     root = _write_world(tmp_path)
     # everything predicted twice as far: median scaling (ratio 0.5) removes it
