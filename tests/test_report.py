@@ -206,6 +206,36 @@ def test_files_figures_and_provenance(store: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow
+def test_a_flag_that_shows_the_papers_row_not_the_runs_is_said(store: dict[str, Any]) -> None:
+    """The grid's rows print PT ✓ (the paper's rows are pretrained) while the tiny preset trains from scratch:
+    the runs' table records it per run and the README's legend and notes say so, with the count."""
+    runs = store["report"].runs
+    finished = runs[runs["status"] == "FINISHED"]
+    assert set(finished["flags_not_config"]) == {"pretrained: model.pretrained = scratch"}
+    readme = (store["out"] / "README.md").read_text()
+    assert "PT = ImageNet pretrained (the paper's row, not these runs: see Notes)" in readme
+    assert ("the PT column (ImageNet pretrained) shows what the paper's row did, not these runs: 4 of 4 runs "
+            "logged model.pretrained = scratch") in readme
+    # the switches the runs' config agrees with get no such note
+    assert "AM = auto-masking (the paper's row" not in readme and "the AM column" not in readme
+
+
+def test_flag_notes_count_each_disagreement_once_per_run() -> None:
+    from md2bench.report.build import flag_notes, paper_only_flags
+
+    runs = pd.DataFrame({"flags_not_config": ["pretrained: model.pretrained = scratch", "",
+                                              "automask: loss.automask = False; pretrained: model.pretrained = scratch",
+                                              None]})
+    assert paper_only_flags(runs) == ["automask", "pretrained"]
+    notes = flag_notes(runs)
+    assert notes == ["the AM column (auto-masking) shows what the paper's row did, not these runs: 1 of 4 runs "
+                     "logged loss.automask = False",
+                     "the PT column (ImageNet pretrained) shows what the paper's row did, not these runs: 2 of 4 runs "
+                     "logged model.pretrained = scratch"]
+    assert flag_notes(pd.DataFrame({"row": ["a"]})) == [] and paper_only_flags(pd.DataFrame()) == []
+
+
+@pytest.mark.slow
 def test_report_logged_on_the_grid_parent_run(store: dict[str, Any]) -> None:
     from mlflow.tracking import MlflowClient
 

@@ -80,7 +80,8 @@ class Report:
 
 def _readme(title: str, description: str, info: Mapping[str, str], table_md: str, motion_md: str | None,
             figures: Sequence[Path], notes: Sequence[str], *, headline: Sequence[str] = (),
-            regions_md: str | None = None, findings_md: str | None = None, flag_keys: Sequence[str] = ()) -> str:
+            regions_md: str | None = None, findings_md: str | None = None, flag_keys: Sequence[str] = (),
+            paper_only: Sequence[str] = ()) -> str:
     lines = [f"# {title}", ""]
     if description:
         lines += [description, ""]
@@ -89,8 +90,9 @@ def _readme(title: str, description: str, info: Mapping[str, str], table_md: str
         lines += ["## Summary", ""] + [f"{line}\n" for line in headline]
     lines += ["## Ablation", "",
               "Mean ± sample std over seeds (n = number of seeds); best mean per column in **bold**; "
-              "flags: " + ", ".join(f"{FLAG_LABELS[k]} = {FLAG_DESCRIPTIONS[k]}" for k in flag_keys
-                                    if k in FLAG_LABELS) + ".",
+              "flags: " + ", ".join(f"{FLAG_LABELS[k]} = {FLAG_DESCRIPTIONS[k]}"
+                                    + (" (the paper's row, not these runs: see Notes)" if k in paper_only else "")
+                                    for k in flag_keys if k in FLAG_LABELS) + ".",
               "", table_md]
     if regions_md:
         lines += ["## Errors per region", "", REGIONS_TEXT, "", regions_md]
@@ -111,6 +113,34 @@ def _readme(title: str, description: str, info: Mapping[str, str], table_md: str
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
+
+
+def _flag_disagreements(runs: pd.DataFrame) -> dict[str, int]:
+    """``"key: param = value"`` -> how many runs' grid flags that logged setting contradicts."""
+    counts: dict[str, int] = {}
+    if "flags_not_config" not in runs.columns:
+        return counts
+    for value in runs["flags_not_config"].fillna(""):
+        for part in filter(None, (p.strip() for p in str(value).split(";"))):
+            counts[part] = counts.get(part, 0) + 1
+    return counts
+
+
+def paper_only_flags(runs: pd.DataFrame) -> list[str]:
+    """The switch keys whose column shows the paper's row rather than some of the runs' own config."""
+    return sorted({part.split(":", 1)[0] for part in _flag_disagreements(runs)})
+
+
+def flag_notes(runs: pd.DataFrame) -> list[str]:
+    """One note per paper switch whose ✓/✗ column shows the paper's row rather than the runs' own config (a grid
+    row's ``flags`` against the logged params, ``flags_not_config``), naming the runs' setting and how many."""
+    counts = _flag_disagreements(runs)
+    notes = []
+    for part, count in sorted(counts.items()):
+        key, setting = part.split(":", 1)
+        notes.append(f"the {FLAG_LABELS.get(key, key)} column ({FLAG_DESCRIPTIONS.get(key, key)}) shows what the "
+                     f"paper's row did, not these runs: {count} of {len(runs)} runs logged{setting}")
+    return notes
 
 
 def floor_config(tracker: MLflowTracker, grid: Any, selected: pd.DataFrame, scratch: Path) -> tuple[Any, str]:
@@ -210,6 +240,7 @@ def build_report(
         counts = {status: sum(v.status == status for v in verdicts) for status in ("shown", "not shown", "not run")}
         headline.append(f"Findings: {counts['shown']} of {len(verdicts)} shown, {counts['not shown']} not shown, "
                         f"{counts['not run']} not run (see Findings).")
+    notes += flag_notes(selected)
     missing = [line["label"] for _, line in summary.iterrows() if line["n"] == 0]
     if missing:
         notes.append(f"not run yet (shown as {MISSING}): {', '.join(missing)}; run: {grid_cmd}")
@@ -232,7 +263,7 @@ def build_report(
                                                  headline=headline, description=description))
     (out_dir / "README.md").write_text(_readme(title, description, info, table_md, motion_md, figure_files, notes,
                                                headline=headline, regions_md=regions_md, findings_md=findings_md,
-                                               flag_keys=flag_keys(rows)))
+                                               flag_keys=flag_keys(rows), paper_only=paper_only_flags(selected)))
     files += [out_dir / "report.html", out_dir / "README.md"]
 
     logged_to = None

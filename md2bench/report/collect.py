@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from md2bench.names import flags_from_params
+from md2bench.names import SWITCH_CONFIG, flags_from_params
 from md2bench.tracking import TAG, MLflowTracker
 
 PARENT_KINDS = ("grid", "study")
@@ -87,7 +87,9 @@ def load_runs(tracker: MLflowTracker, experiment: str, grid: Any = None) -> pd.D
 
     Columns: ``run_id``, ``run_name``, ``experiment``, ``grid``, ``row``, ``label``, ``seed``, ``status``,
     ``start_time``, ``end_time`` (UTC timestamps), ``duration_s``, ``device``, ``commit``, ``run_key``,
-    ``dataset``, ``split``, ``parent_run_id``, ``flag.<key>`` per flag, and one column per final metric with the
+    ``dataset``, ``split``, ``parent_run_id``, ``flags_not_config`` (the grid row's paper switches that the run's
+    logged config contradicts, e.g. ``pretrained: model.pretrained = scratch``; empty where they agree),
+    ``flag.<key>`` per flag, and one column per final metric with the
     ``test/`` prefix dropped (``abs_rel``, ..., ``moving/abs_rel``, ``static/abs_rel``...). Runs tagged
     ``md2bench.kind = grid | study`` (parents) are excluded.
 
@@ -106,6 +108,7 @@ def load_runs(tracker: MLflowTracker, experiment: str, grid: Any = None) -> pd.D
         row = tags.get(TAG + "row") or params.get("name") or run.info.run_name
         grid_row = grid_rows.get(row)
         flags = dict(grid_row.flags) if grid_row is not None else flags_from_params(params)
+        logged = flags_from_params(params)
         start = pd.Timestamp(run.info.start_time, unit="ms", tz="UTC") if run.info.start_time else pd.NaT
         end = pd.Timestamp(run.info.end_time, unit="ms", tz="UTC") if run.info.end_time else pd.NaT
         rec: dict[str, Any] = {
@@ -127,6 +130,9 @@ def load_runs(tracker: MLflowTracker, experiment: str, grid: Any = None) -> pd.D
             "split": tags.get(TAG + "split", params.get("data.split", "")),
             "parent_run_id": tags.get("mlflow.parentRunId", ""),
             "out_dir": params.get("train.out_dir", ""),
+            "flags_not_config": "; ".join(
+                f"{key}: {SWITCH_CONFIG[key][0]} = {params[SWITCH_CONFIG[key][0]]}"
+                for key in sorted(flags) if key in logged and logged[key] != bool(flags[key])),
         }
         for key, value in flags.items():
             rec[f"flag.{key}"] = bool(value)
