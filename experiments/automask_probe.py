@@ -12,7 +12,10 @@ differ in which pixels they train on, not only in how they reduce the sources.
 No network is trained. For validation frames of the world, the two temporal sources (−1, +1) are warped into the
 target with the exact poses through md2bench's own ``geometry.warp`` and ``losses.photometric_error`` (SSIM +
 L1, as training), at the exact depth and at each ``--checkpoint``'s depth (network resolution, scale 0), and
-the probe reports per region the share of pixels each criterion *keeps* (µ = 1). With checkpoints it also
+the probe reports per region the share of pixels each criterion *keeps* (µ = 1), and the mean of the two warped
+errors' minimum, their average and their disagreement \|e₋₁ − e₊₁\| (a depth at which the minimum's error is
+below its value at the true depth, with the sources disagreeing, is one where a single source happens to match:
+the wrong minimum the minimum's choice can settle in). With checkpoints it also
 reports each model's pixel-pooled abs rel (per-image median scaling, GT 0–80 m) on the pixels that each
 criterion keeps and leaves out at the true depth, so the error of the left-out pixels can be compared across
 rows. One JSON line per (depth, region); regions as the occlusion probe, plus ``comoving``.
@@ -49,6 +52,17 @@ def kept(reprojection: torch.Tensor, identity: torch.Tensor) -> dict[str, torch.
     """
     return {"min": reprojection.min(dim=1).values < identity.min(dim=1).values,
             "avg": reprojection.mean(dim=1) < identity.mean(dim=1)}
+
+
+WARPED_TERMS = ("error_min", "error_avg", "source_gap")
+
+
+def warped_terms(reprojection: torch.Tensor) -> dict[str, torch.Tensor]:
+    """B×H×W per pixel from the two warped sources' errors (B×2×H×W): their minimum and mean (what each
+    reduction minimises) and their disagreement \|e₋₁ − e₊₁\| (large where one source matches and the other
+    does not)."""
+    return {"error_min": reprojection.min(dim=1).values, "error_avg": reprojection.mean(dim=1),
+            "source_gap": (reprojection[:, 0] - reprojection[:, 1]).abs()}
 
 
 def region_masks(regions: torch.Tensor, outside: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -88,6 +102,8 @@ def main() -> None:
             reprojection = photometric_error(warp(sources, depth, T, K, inv_K), target.unsqueeze(1), True)
             for criterion, keep in kept(reprojection, identity).items():
                 shares.setdefault((label, criterion), []).append(keep[valid].numpy())
+            for name, value in warped_terms(reprojection).items():
+                shares.setdefault((label, name), []).append(value[valid].numpy())
         for criterion in ("min", "avg"):
             truth_kept[criterion].append(shares[("truth", criterion)][-1])
         for label, (model_cfg, models) in trained.items():
@@ -100,6 +116,9 @@ def main() -> None:
             for criterion in ("min", "avg"):
                 keep = np.concatenate(shares[(label, criterion)])[select]
                 line[f"kept_{criterion}"] = round(float(keep.mean()), 4) if keep.size else None
+            for name in WARPED_TERMS:
+                value = np.concatenate(shares[(label, name)])[select]
+                line[name] = round(float(value.mean()), 5) if value.size else None
             print(json.dumps(line), flush=True)
     at_truth = {criterion: np.concatenate(parts) for criterion, parts in truth_kept.items()}
     groups = {"kept by both": at_truth["min"] & at_truth["avg"], "left out by min only": ~at_truth["min"] & at_truth["avg"],

@@ -268,6 +268,15 @@ def test_automask_criteria_differ_where_one_unwarped_source_matches() -> None:
         assert torch.equal(diag["automask"].bool(), keep)
 
 
+def test_warped_terms_are_the_minimum_mean_and_disagreement_of_the_two_sources() -> None:
+    probe = _load(AUTOMASK)
+    terms = probe.warped_terms(torch.tensor([[[[0.1, 0.4]], [[0.3, 0.4]]]]))
+    torch.testing.assert_close(terms["error_min"], torch.tensor([[[0.1, 0.4]]]))
+    torch.testing.assert_close(terms["error_avg"], torch.tensor([[[0.2, 0.4]]]))
+    torch.testing.assert_close(terms["source_gap"], torch.tensor([[[0.2, 0.0]]]))
+    assert set(terms) == set(probe.WARPED_TERMS)
+
+
 def test_automask_probe_regions_partition_the_image() -> None:
     probe = _load(AUTOMASK)
     regions = torch.rand(2, 3, 4, 6, generator=torch.Generator().manual_seed(2)) > 0.5
@@ -288,6 +297,10 @@ def test_automask_probe_runs_on_a_tiny_world(tiny_world_and_checkpoint: tuple[Pa
     assert total > 0 and total == sum(shares[("truth", r)]["pixels"] for r in AUTOMASK_REGIONS[1:5])
     assert all(line[key] is None or 0.0 <= line[key] <= 1.0 for line in shares.values()
                for key in ("kept_min", "kept_avg"))
+    for line in shares.values():  # min <= mean of two; |e1 - e2| = 2 (mean - min)
+        if line["pixels"]:
+            assert line["error_min"] <= line["error_avg"] + 1e-6
+            assert line["source_gap"] == pytest.approx(2 * (line["error_avg"] - line["error_min"]), abs=5e-5)  # 5-decimal rounding
     scored = [line for line in lines if line.get("checkpoint") == "untrained"]
     assert len(scored) == 12
     assert sum(line["pixels"] for line in scored if line["region"] == "all") == total
