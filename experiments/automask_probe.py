@@ -121,8 +121,9 @@ def main() -> None:
                 line[name] = round(float(value.mean()), 5) if value.size else None
             print(json.dumps(line), flush=True)
     at_truth = {criterion: np.concatenate(parts) for criterion, parts in truth_kept.items()}
-    groups = {"kept by both": at_truth["min"] & at_truth["avg"], "left out by min only": ~at_truth["min"] & at_truth["avg"],
-              "left out by avg only": at_truth["min"] & ~at_truth["avg"], "left out by both": ~at_truth["min"] & ~at_truth["avg"]}
+    by_min, by_avg = at_truth["min"], at_truth["avg"]
+    groups = {"kept by both": by_min & by_avg, "left out by min only": ~by_min & by_avg,
+              "left out by avg only": by_min & ~by_avg, "left out by both": ~by_min & ~by_avg}
     for label in trained:
         err = np.concatenate(errors[label])
         for name in ("all", "not occluded, textured", "not occluded, low texture"):

@@ -301,14 +301,9 @@ def _draw_tiebreak_noise(inputs: Inputs, cfg: Config) -> list[Tensor]:
     loss_cfg = cfg.loss
     if not loss_cfg.automask or loss_cfg.automask_noise <= 0:
         return []
-    work = {s: (s if loss_cfg.multiscale == "per_scale" else 0) for s in cfg.loss_scales}
-    frames = inputs.raw[0]
     channels = len(cfg.source_ids) if loss_cfg.reprojection == "min" else 1
-    noise = []
-    for s in cfg.loss_scales:
-        height, width = inputs.raw[work[s]].shape[-2:]
-        noise.append(torch.randn(frames.shape[0], channels, height, width, device=frames.device))
-    return noise
+    device = inputs.raw[0].device
+    return [torch.randn(shape[0], channels, *shape[2:], device=device) for shape in _loss_shapes(inputs, cfg)]
 
 
 def _draw_source_picks(inputs: Inputs, cfg: Config) -> list[Tensor]:
@@ -316,13 +311,18 @@ def _draw_source_picks(inputs: Inputs, cfg: Config) -> list[Tensor]:
     drawn after the tie-break noise from the same device generator; empty for ``min`` and ``avg``."""
     if cfg.loss.reprojection != "random":
         return []
-    work = {s: (s if cfg.loss.multiscale == "per_scale" else 0) for s in cfg.loss_scales}
-    frames = inputs.raw[0]
-    draws = []
+    return [torch.rand(shape, device=inputs.raw[0].device) for shape in _loss_shapes(inputs, cfg)]
+
+
+def _loss_shapes(inputs: Inputs, cfg: Config) -> list[tuple[int, int, int, int]]:
+    """Per loss scale, (B, N sources, H, W) at the resolution its photometric error is computed (scale 0 in
+    ``full_res``/``single`` mode, the scale itself in ``per_scale``)."""
+    batch = inputs.raw[0].shape[0]
+    shapes = []
     for s in cfg.loss_scales:
-        height, width = inputs.raw[work[s]].shape[-2:]
-        draws.append(torch.rand(frames.shape[0], len(cfg.source_ids), height, width, device=frames.device))
-    return draws
+        height, width = inputs.raw[s if cfg.loss.multiscale == "per_scale" else 0].shape[-2:]
+        shapes.append((batch, len(cfg.source_ids), height, width))
+    return shapes
 
 
 @functools.cache
