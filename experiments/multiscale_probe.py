@@ -14,6 +14,13 @@ there, a hole); one JSON line per checkpoint, scale and region (mean over images
 
     python experiments/multiscale_probe.py --batches 16 --checkpoint full=md2bench_runs/<key>/checkpoint.pt \
         --checkpoint per_scale=md2bench_runs/<key>/checkpoint.pt
+
+With ``--split`` the low-texture pixels are also scored in parts, to see where a bias sits: on the road plane
+(``low_texture_road``: the pixel's centre ray meets the scene within ``ROAD_TOLERANCE`` of the world's road height,
+found from the exact depth at the world's own resolution) or elsewhere (``low_texture_off_road``: walls, car
+bodies, sidewalks), and at the rim of a low-texture region (``low_texture_rim``: within ``--rim`` pixels, at network
+resolution, of a pixel outside the region) or inside it (``low_texture_interior``). Every line also counts the
+scored pixels of its region (``pixels``, over all images).
 """
 
 from __future__ import annotations
@@ -28,10 +35,41 @@ import torch.nn.functional as F
 from md2bench import method
 from md2bench.geometry import disp_to_depth
 from md2bench.metrics import MAX_DEPTH, MIN_DEPTH, evaluate_image, protocol_for_split, valid_mask
+from md2bench.data.synth_scene import GROUND_Y
+from md2bench.data.synthetic import K_NORMALISED
 from md2bench.regions import REGION_NAMES
 from probe_setup import load_probe, probe_parser
 
 REGIONS = ("low_texture", "textured")
+SPLIT_REGIONS = ("low_texture_road", "low_texture_off_road", "low_texture_rim", "low_texture_interior")
+ROAD_TOLERANCE = 0.05
+"""Metres: a pixel is on the road when its point is within this of the road plane (the sidewalk is 0.15 m above)."""
+
+
+def road_mask(depth: np.ndarray) -> np.ndarray:
+    """Pixels of an H×W exact depth map (metres, 0 = none) at the world's own resolution whose centre-ray point lies
+    on the road plane: height below the camera (i − c_y)·z / f_y within ``ROAD_TOLERANCE`` of ``GROUND_Y``, with
+    the world's intrinsics (f_y = 1.92·H, c_y = 0.5·H, pixel row i centred at v = i) and a level camera."""
+    height = depth.shape[0]
+    fy, cy = K_NORMALISED[1] * height, K_NORMALISED[3] * height
+    rows = np.arange(height, dtype=np.float64)[:, None]
+    below = (rows - cy) * depth.astype(np.float64) / fy
+    return (depth > 0) & (np.abs(below - GROUND_Y) < ROAD_TOLERANCE)
+
+
+def rim_mask(region: np.ndarray, width: int) -> np.ndarray:
+    """Pixels of an H×W boolean region within ``width`` pixels (the (2·width+1)² square around them) of a pixel
+    outside it; the image border does not count as outside."""
+    outside = torch.from_numpy(~region)[None, None].float()
+    near = F.max_pool2d(outside, 2 * width + 1, stride=1, padding=width)[0, 0].numpy() > 0
+    return region & near
+
+
+def split_low_texture(low: np.ndarray, road: np.ndarray, width: int) -> dict[str, np.ndarray]:
+    """The ``SPLIT_REGIONS`` masks of one image: the low-texture pixels on and off the road, at its rim and inside."""
+    rim = rim_mask(low, width)
+    return {"low_texture_road": low & road, "low_texture_off_road": low & ~road,
+            "low_texture_rim": rim, "low_texture_interior": low & ~rim}
 
 
 @torch.no_grad()
@@ -47,25 +85,30 @@ def depth_at_every_scale(models, cfg, images: torch.Tensor) -> dict[int, torch.T
     return out
 
 
-def score(depth: np.ndarray, gt: np.ndarray, low_texture: np.ndarray) -> dict[str, tuple[float, float, float]]:
-    """(abs rel, δ<1.25, mean log(pred/GT)) of one H×W depth map on the low-texture pixels and on the rest,
-    median-scaled over all scored pixels as the evaluation does; NaN for a region without scored pixels. The
-    signed log error tells a hole (the map too far: > 0) from the opposite."""
+def score(depth: np.ndarray, gt: np.ndarray, low_texture: np.ndarray,
+          parts: dict[str, np.ndarray] | None = None) -> dict[str, tuple[float, float, float, int]]:
+    """(abs rel, δ<1.25, mean log(pred/GT), scored pixels) of one H×W depth map on the low-texture pixels, on the
+    rest and on each of ``parts`` (name -> mask), median-scaled over all scored pixels as the evaluation does; NaN
+    for a region without scored pixels. The signed log error tells a hole (the map too far: > 0) from the
+    opposite."""
     protocol = protocol_for_split("synth")
-    masks = {"low_texture": low_texture, "textured": ~low_texture}
+    masks = {"low_texture": low_texture, "textured": ~low_texture, **(parts or {})}
     result = evaluate_image(gt, depth, protocol, median_scaling=True, extra_masks=masks)
     scaled = np.clip(depth.astype(np.float64) * result["ratio"], MIN_DEPTH, MAX_DEPTH)
     out = {}
-    for name in REGIONS:
+    for name in masks:
         keep = valid_mask(gt, protocol) & masks[name]
         signed = float(np.mean(np.log(scaled[keep] / gt[keep]))) if keep.any() else math.nan
-        out[name] = (result[f"{name}/abs_rel"], result[f"{name}/a1"], signed)
+        out[name] = (result[f"{name}/abs_rel"], result[f"{name}/a1"], signed, int(keep.sum()))
     return out
 
 
 def main() -> None:
     parser = probe_parser(__doc__.split("\n\n")[0], "a trained model to score (repeatable)",
                           checkpoint_required=True)
+    parser.add_argument("--split", action="store_true",
+                        help="also score the low-texture pixels on/off the road and at the rim/inside")
+    parser.add_argument("--rim", type=int, default=2, help="rim width in pixels at network resolution (--split)")
     args = parser.parse_args()
     trained, cfg, loader = load_probe(args)
     values: dict[tuple[str, int, str], list[tuple[float, float, float]]] = {}
@@ -79,16 +122,22 @@ def main() -> None:
         gt = F.interpolate(batch["depth_gt"].float(), size=size, mode="nearest")[:, 0].numpy()
         regions = F.interpolate(batch["region_masks"].float(), size=size, mode="nearest") > 0
         low = regions[:, REGION_NAMES.index("low_texture")].numpy()
+        parts: list[dict[str, np.ndarray] | None] = [None] * target.shape[0]
+        if args.split:
+            road = np.stack([road_mask(d[0].numpy()) for d in batch["depth_gt"]])
+            road = F.interpolate(torch.from_numpy(road)[:, None].float(), size=size, mode="nearest")[:, 0] > 0
+            parts = [split_low_texture(low[i], road[i].numpy(), args.rim) for i in range(target.shape[0])]
         images_scored += target.shape[0]
         for label, (model_cfg, models) in trained.items():
             for scale, depth in depth_at_every_scale(models, model_cfg, target).items():
                 for i in range(target.shape[0]):
-                    for region, pair in score(depth[i].numpy(), gt[i], low[i]).items():
-                        values.setdefault((label, scale, region), []).append(pair)
-    for (label, scale, region), pairs in sorted(values.items()):
-        arr = np.array(pairs, dtype=float)
+                    for region, scored in score(depth[i].numpy(), gt[i], low[i], parts[i]).items():
+                        values.setdefault((label, scale, region), []).append(scored)
+    for (label, scale, region), scored in sorted(values.items()):
+        arr = np.array(scored, dtype=float)
         seen = ~np.isnan(arr[:, 0])
         print(json.dumps({"checkpoint": label, "scale": scale, "region": region, "images": int(seen.sum()),
+                          "pixels": int(arr[:, 3].sum()),
                           "abs_rel": round(float(arr[seen, 0].mean()), 4) if seen.any() else None,
                           "a1": round(float(arr[seen, 1].mean()), 4) if seen.any() else None,
                           "log_ratio": round(float(arr[seen, 2].mean()), 4) if seen.any() else None}), flush=True)

@@ -59,6 +59,8 @@ SWITCHES: tuple[Switch, ...] = (
            "(loss.mask_out_of_view; not in the paper's code)"),
     Switch("random_source", "random src", "one source per pixel, drawn at every step, in place of the min/avg "
            "(loss.reprojection = \"random\"; not in the paper's code)"),
+    Switch("single_scale", "1 scale", "the loss at scale 0 only (loss.multiscale = \"single\"; FR ✗ then means "
+           "no coarse-scale losses, not Monodepth v1's per-scale ones)"),
 )
 
 FLAG_KEYS: tuple[str, ...] = tuple(s.key for s in SWITCHES)

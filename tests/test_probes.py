@@ -221,7 +221,7 @@ def test_multiscale_score_is_median_scaled_per_region() -> None:
     low[:, :4] = True
     # twice the truth everywhere: median scaling removes the factor, both regions exact
     exact = probe.score(gt * 2, gt, low)
-    assert exact["low_texture"] == (0.0, 1.0, 0.0) and exact["textured"] == (0.0, 1.0, 0.0)
+    assert exact["low_texture"] == (0.0, 1.0, 0.0, 32) and exact["textured"] == (0.0, 1.0, 0.0, 32)
     # the low-texture half predicted flat at the far depth (a "hole"): median of pred/GT is over all pixels
     hole = gt.copy()
     hole[:, :4] = 20.0
@@ -233,6 +233,52 @@ def test_multiscale_score_is_median_scaled_per_region() -> None:
     assert scored["low_texture"][2] == pytest.approx(math.log(20.0 * ratio / 10.0))
     assert scored["textured"][2] == pytest.approx(math.log(ratio))
     assert math.isnan(probe.score(gt, gt, np.zeros((8, 8), dtype=bool))["low_texture"][0])
+    # parts are scored with the same (whole-image) median scaling: the hole's top-left quarter as a part
+    quarter = np.zeros((8, 8), dtype=bool)
+    quarter[:4, :4] = True
+    parted = probe.score(hole, gt, low, {"quarter": quarter})
+    assert parted["quarter"] == pytest.approx(scored["low_texture"][:3] + (16,))
+
+
+def test_road_mask_finds_the_road_plane_from_exact_depth() -> None:
+    """A 48×16 image at the world's intrinsics (f_y = 1.92·48, c_y = 24): below the horizon the road at the world's
+    camera height (z = GROUND_Y·f_y / (i − c_y)), except a wall in columns 0-3 (at the depth where row 40 meets the
+    road) and a sidewalk 0.15 m higher in columns 12-15; sky (0) above. The road's pixels are found, and the wall's
+    on row 40 only, where its point is at the road's height."""
+    probe = _multiscale()
+    from md2bench.data.synth_scene import GROUND_Y
+
+    height, fy, cy = 48, 1.92 * 48, 24.0
+    depth = np.zeros((height, 16))
+    for i in range(25, height):
+        depth[i, :] = GROUND_Y * fy / (i - cy)
+        depth[i, 12:] = (GROUND_Y - 0.15) * fy / (i - cy)
+    depth[:, :4] = GROUND_Y * fy / (40 - cy)
+    road = probe.road_mask(depth)
+    expected = np.zeros_like(road)
+    expected[25:, 4:12] = True
+    expected[40, :4] = True
+    assert np.array_equal(road, expected)
+
+
+def test_rim_and_interior_split_a_low_texture_block() -> None:
+    """A 7×7 low-texture block in a 11×11 textured image: a 1-pixel rim is the block's border ring (24 pixels), the
+    interior its 5×5 core; a block touching the image border has no rim along it."""
+    probe = _multiscale()
+    low = np.zeros((11, 11), dtype=bool)
+    low[2:9, 2:9] = True
+    rim = probe.rim_mask(low, 1)
+    assert rim.sum() == 24 and not rim[3:8, 3:8].any() and rim[2, 2:9].all()
+    assert probe.rim_mask(low, 2).sum() == 49 - 9
+    corner = np.zeros((6, 6), dtype=bool)
+    corner[:4, :4] = True
+    assert probe.rim_mask(corner, 1).sum() == 7  # row 3 and column 3 of the block only
+    road = np.zeros((11, 11), dtype=bool)
+    road[6:, :] = True
+    parts = probe.split_low_texture(low, road, 1)
+    assert parts["low_texture_road"].sum() == 21 and parts["low_texture_off_road"].sum() == 28
+    assert parts["low_texture_interior"].sum() == 25
+    assert not (parts["low_texture_rim"] & parts["low_texture_interior"]).any()
 
 
 def test_multiscale_probe_runs_on_a_tiny_world(tiny_world_and_checkpoint: tuple[Path, Path]) -> None:
@@ -243,6 +289,13 @@ def test_multiscale_probe_runs_on_a_tiny_world(tiny_world_and_checkpoint: tuple[
     assert all(line["images"] == 0 or (line["abs_rel"] >= 0 and 0 <= line["a1"] <= 1
                                        and math.isfinite(line["log_ratio"])) for line in rows.values())
     assert lines[-1] == {"images": 2, "checkpoints": 1, "scales": [0, 1, 2, 3]}
+    split = _run_probe(MULTISCALE, world, checkpoint, "--split", "--rim", "1")
+    parts = {(line["scale"], line["region"]): line["pixels"] for line in split if "region" in line}
+    for scale in range(4):
+        low = parts[(scale, "low_texture")]
+        assert parts[(scale, "low_texture_road")] + parts[(scale, "low_texture_off_road")] == low
+        assert parts[(scale, "low_texture_rim")] + parts[(scale, "low_texture_interior")] == low
+        assert parts[(scale, "low_texture")] + parts[(scale, "textured")] > 0
 
 
 AUTOMASK = Path(__file__).resolve().parents[1] / "experiments" / "automask_probe.py"
