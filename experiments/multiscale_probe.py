@@ -34,14 +34,12 @@ import torch.nn.functional as F
 
 from md2bench import method
 from md2bench.geometry import disp_to_depth
-from md2bench.metrics import MAX_DEPTH, MIN_DEPTH, evaluate_image, protocol_for_split, valid_mask
 from md2bench.data.synth_scene import GROUND_Y
 from md2bench.data.synthetic import K_NORMALISED
+from md2bench.metrics import MAX_DEPTH, MIN_DEPTH, evaluate_image, protocol_for_split, valid_mask
 from md2bench.regions import REGION_NAMES
 from probe_setup import load_probe, probe_parser
 
-REGIONS = ("low_texture", "textured")
-SPLIT_REGIONS = ("low_texture_road", "low_texture_off_road", "low_texture_rim", "low_texture_interior")
 ROAD_TOLERANCE = 0.05
 """Metres: a pixel is on the road when its point is within this of the road plane (the sidewalk is 0.15 m above)."""
 
@@ -66,7 +64,7 @@ def rim_mask(region: np.ndarray, width: int) -> np.ndarray:
 
 
 def split_low_texture(low: np.ndarray, road: np.ndarray, width: int) -> dict[str, np.ndarray]:
-    """The ``SPLIT_REGIONS`` masks of one image: the low-texture pixels on and off the road, at its rim and inside."""
+    """The ``--split`` masks of one image: the low-texture pixels on and off the road, at its rim and inside."""
     rim = rim_mask(low, width)
     return {"low_texture_road": low & road, "low_texture_off_road": low & ~road,
             "low_texture_rim": rim, "low_texture_interior": low & ~rim}
@@ -111,7 +109,7 @@ def main() -> None:
     parser.add_argument("--rim", type=int, default=2, help="rim width in pixels at network resolution (--split)")
     args = parser.parse_args()
     trained, cfg, loader = load_probe(args)
-    values: dict[tuple[str, int, str], list[tuple[float, float, float]]] = {}
+    values: dict[tuple[str, int, str], list[tuple[float, float, float, int]]] = {}
     images_scored = 0
     for b, batch in enumerate(loader):
         if b == args.batches:
