@@ -38,14 +38,32 @@ def probe_parser(description: str, checkpoint_help: str, checkpoint_required: bo
     return parser
 
 
+def trained_size(trained: dict[str, tuple[Config, Any]]) -> list[str]:
+    """The ``data.height``/``data.width`` overrides of the size every checkpoint was trained at (none without
+    checkpoints); exits when they were trained at different sizes (one call probes one size)."""
+    sizes = {(cfg.data.height, cfg.data.width) for cfg, _ in trained.values()}
+    if len(sizes) > 1:
+        listed = ", ".join(f"{label} {cfg.data.width}x{cfg.data.height}" for label, (cfg, _) in trained.items())
+        raise SystemExit(f"the checkpoints were trained at different sizes ({listed}): probe each size in its own call")
+    return [f"data.height={h}" for h, _ in sizes] + [f"data.width={w}" for _, w in sizes]
+
+
 def load_probe(args: argparse.Namespace) -> tuple[dict[str, tuple[Config, Any]], Config, torch.utils.data.DataLoader]:
     """The parsed command line -> (checkpoints by label, the data config, a loader of the validation frames with
-    depth and region masks, in order). A bad ``--checkpoint`` exits with its one-line message."""
+    depth and region masks, in order). The frames are at the size the checkpoints were trained at (``DEFAULTS``'
+    192x64 without checkpoints). A bad ``--checkpoint``, checkpoints of different sizes, or a data.height/width
+    override that is not their size exits with a one-line message."""
     try:
         trained = load_labelled(args.checkpoint)
     except CheckpointError as err:
         raise SystemExit(str(err)) from None
-    cfg = resolve_data(load_config("synth", DEFAULTS + list(args.overrides)))
+    cfg = resolve_data(load_config("synth", DEFAULTS + trained_size(trained) + list(args.overrides)))
+    for label, (trained_cfg, _) in trained.items():
+        size = (trained_cfg.data.height, trained_cfg.data.width)
+        if size != (cfg.data.height, cfg.data.width):
+            raise SystemExit(f"checkpoint {label!r} was trained at {size[1]}x{size[0]} but the probe's frames would be "
+                             f"{cfg.data.width}x{cfg.data.height} (data.width/data.height given on the command line): "
+                             f"leave them out (the checkpoints' own size is the default) or probe it at its own size")
     data = build_dataset(cfg, "val", load_depth=True, load_regions=True)
     return trained, cfg, torch.utils.data.DataLoader(data, batch_size=cfg.train.batch_size, shuffle=False)
 
