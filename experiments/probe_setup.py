@@ -57,13 +57,14 @@ def load_probe(args: argparse.Namespace) -> tuple[dict[str, tuple[Config, Any]],
         trained = load_labelled(args.checkpoint)
     except CheckpointError as err:
         raise SystemExit(str(err)) from None
-    cfg = resolve_data(load_config("synth", DEFAULTS + trained_size(trained) + list(args.overrides)))
+    cfg = load_config("synth", DEFAULTS + trained_size(trained) + list(args.overrides))
     for label, (trained_cfg, _) in trained.items():
         size = (trained_cfg.data.height, trained_cfg.data.width)
         if size != (cfg.data.height, cfg.data.width):
             raise SystemExit(f"checkpoint {label!r} was trained at {size[1]}x{size[0]} but the probe's frames would be "
                              f"{cfg.data.width}x{cfg.data.height} (data.width/data.height given on the command line): "
                              f"leave them out (the checkpoints' own size is the default) or probe it at its own size")
+    cfg = resolve_data(cfg)  # renders the world on first use: after the checks, so a mistake fails at once
     data = build_dataset(cfg, "val", load_depth=True, load_regions=True)
     return trained, cfg, torch.utils.data.DataLoader(data, batch_size=cfg.train.batch_size, shuffle=False)
 
