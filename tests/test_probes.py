@@ -50,18 +50,25 @@ def tiny_world_and_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple
     return world, root / "untrained.pt"
 
 
-def _tiny_overrides(world: Path) -> list[str]:
-    return [f"data.path={world}", "data.synth_preset=tiny", "data.height=64", "data.width=160", "train.batch_size=2"]
+def _probe_proc(script: Path, world: Path, overrides: list[str], *checkpoints: str,
+                options: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run a probe script as a user does, on one batch of the tiny world, with these ``LABEL=PATH`` checkpoints,
+    options and config overrides (no data.height/width: the checkpoints' size)."""
+    named = [arg for item in checkpoints for arg in ("--checkpoint", item)]
+    return subprocess.run([sys.executable, str(script), "--batches", "1", *options, *named, f"data.path={world}",
+                           "data.synth_preset=tiny", "train.batch_size=2", *overrides],
+                          capture_output=True, text=True, timeout=300)
+
+
+def _lines(proc: subprocess.CompletedProcess) -> list[dict]:
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
 def _run_probe(script: Path, world: Path, checkpoint: Path, *options: str) -> list[dict]:
-    """Run a probe script as a user does (one batch of the tiny world, the checkpoint labelled ``untrained``);
-    its JSON lines."""
-    proc = subprocess.run(
-        [sys.executable, str(script), "--batches", "1", *options, "--checkpoint", f"untrained={checkpoint}",
-         *_tiny_overrides(world)], capture_output=True, text=True, timeout=300)
+    """A probe on the tiny world at 160x64 given explicitly, the checkpoint labelled ``untrained``; its JSON lines."""
+    proc = _probe_proc(script, world, ["data.height=64", "data.width=160"], f"untrained={checkpoint}", options=options)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return _lines(proc)
 
 
 def _camera(height: int, width: int, f: float = 100.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -298,26 +305,18 @@ def test_multiscale_probe_runs_on_a_tiny_world(tiny_world_and_checkpoint: tuple[
         assert parts[(scale, "low_texture")] + parts[(scale, "textured")] > 0
 
 
-def _probe_proc(world: Path, overrides: list[str], *checkpoints: str) -> subprocess.CompletedProcess:
-    """The multiscale probe on one batch of the tiny world with these checkpoints (``LABEL=PATH``) and overrides."""
-    options = [arg for item in checkpoints for arg in ("--checkpoint", item)]
-    return subprocess.run([sys.executable, str(MULTISCALE), "--batches", "1", *options, f"data.path={world}",
-                           "data.synth_preset=tiny", "train.batch_size=2", *overrides],
-                          capture_output=True, text=True, timeout=300)
-
-
 def test_probe_frames_take_the_size_the_checkpoint_was_trained_at(tiny_world_and_checkpoint: tuple[Path, Path]) -> None:
     """Without data.height/width the frames are the checkpoint's 160x64, not the CPU grids' 192x64: the same lines
     as with the size given; a size other than the checkpoint's is refused with a message naming both."""
     world, checkpoint = tiny_world_and_checkpoint
-    implicit = _probe_proc(world, [], f"untrained={checkpoint}")
+    implicit = _probe_proc(MULTISCALE, world, [], f"untrained={checkpoint}")
     assert implicit.returncode == 0, implicit.stderr[-3000:]
     explicit = _run_probe(MULTISCALE, world, checkpoint)
-    assert [json.loads(line) for line in implicit.stdout.splitlines() if line.startswith("{")] == explicit
+    assert _lines(implicit) == explicit
     pixels = sum(line["pixels"] for line in explicit if line.get("scale") == 0
                  and line["region"] in ("low_texture", "textured"))
     assert 0 < pixels <= 2 * 64 * 160
-    wrong = _probe_proc(world, ["data.height=64", "data.width=192"], f"untrained={checkpoint}")
+    wrong = _probe_proc(MULTISCALE, world, ["data.height=64", "data.width=192"], f"untrained={checkpoint}")
     assert wrong.returncode != 0
     assert "trained at 160x64" in wrong.stderr and "192x64" in wrong.stderr
 
@@ -332,7 +331,7 @@ def test_probe_refuses_checkpoints_of_different_sizes(tiny_world_and_checkpoint:
     cfg = load_config("synth", ["model.pretrained=scratch", "model.pose_source=gt", "data.height=64",
                                 "data.width=128"])
     save_checkpoint(tmp_path / "small.pt", {"models": build_models(cfg).state_dict(), "config": cfg.to_dict()})
-    proc = _probe_proc(world, [], f"wide={checkpoint}", f"small={tmp_path / 'small.pt'}")
+    proc = _probe_proc(MULTISCALE, world, [], f"wide={checkpoint}", f"small={tmp_path / 'small.pt'}")
     assert proc.returncode != 0
     assert "different sizes (wide 160x64, small 128x64)" in proc.stderr
 
