@@ -20,7 +20,12 @@ With ``--split`` the low-texture pixels are also scored in parts, to see where a
 found from the exact depth at the world's own resolution) or elsewhere (``low_texture_off_road``: walls, car
 bodies, sidewalks), and at the rim of a low-texture region (``low_texture_rim``: within ``--rim`` pixels, at network
 resolution, of a pixel outside the region) or inside it (``low_texture_interior``). Every line also counts the
-scored pixels of its region (``pixels``, over all images).
+scored pixels of its region (``pixels``, over all images) and gives its RMSE in metres (``rmse``, after the same
+median scaling; mean over images) beside abs rel.
+
+With ``--depth-bands`` every scored pixel is also scored by its ground-truth depth (``depth_0_10``,
+``depth_10_20``, ``depth_20_40``, ``depth_40_80``: GT in (lo, hi] metres), to see at which depths two models
+differ: abs rel weighs each pixel's error by its own depth, RMSE by the metres, so the far pixels dominate it.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ from md2bench.data.synthetic import K_NORMALISED
 from md2bench.metrics import MAX_DEPTH, MIN_DEPTH, evaluate_image, protocol_for_split, valid_mask
 from md2bench.regions import REGION_NAMES
 from probe_setup import load_probe, probe_parser
+
+DEPTH_BANDS: tuple[tuple[float, float], ...] = ((0.0, 10.0), (10.0, 20.0), (20.0, 40.0), (40.0, 80.0))
+"""Metres, (lo, hi]: ``--depth-bands``; together they cover every scored pixel (GT in (1e-3, 80) m)."""
 
 ROAD_TOLERANCE = 0.05
 """Metres: a pixel is on the road when its point is within this of the road plane (the sidewalk is 0.15 m above)."""
@@ -70,6 +78,11 @@ def split_low_texture(low: np.ndarray, road: np.ndarray, width: int) -> dict[str
             "low_texture_rim": rim, "low_texture_interior": low & ~rim}
 
 
+def depth_band_masks(gt: np.ndarray, bands: tuple[tuple[float, float], ...] = DEPTH_BANDS) -> dict[str, np.ndarray]:
+    """The ``--depth-bands`` masks of one H×W GT depth map: ``depth_<lo>_<hi>`` = GT in (lo, hi] metres."""
+    return {f"depth_{lo:g}_{hi:g}": (gt > lo) & (gt <= hi) for lo, hi in bands}
+
+
 @torch.no_grad()
 def depth_at_every_scale(models, cfg, images: torch.Tensor) -> dict[int, torch.Tensor]:
     """B×H×W depth (network units) of each decoder scale, its sigmoid upsampled to the images' size first
@@ -84,10 +97,10 @@ def depth_at_every_scale(models, cfg, images: torch.Tensor) -> dict[int, torch.T
 
 
 def score(depth: np.ndarray, gt: np.ndarray, low_texture: np.ndarray,
-          parts: dict[str, np.ndarray] | None = None) -> dict[str, tuple[float, float, float, int]]:
-    """(abs rel, δ<1.25, mean log(pred/GT), scored pixels) of one H×W depth map on the low-texture pixels, on the
-    rest and on each of ``parts`` (name -> mask), median-scaled over all scored pixels as the evaluation does; NaN
-    for a region without scored pixels. The signed log error tells a hole (the map too far: > 0) from the
+          parts: dict[str, np.ndarray] | None = None) -> dict[str, tuple[float, float, float, int, float]]:
+    """(abs rel, δ<1.25, mean log(pred/GT), scored pixels, RMSE) of one H×W depth map on the low-texture pixels, on
+    the rest and on each of ``parts`` (name -> mask), median-scaled over all scored pixels as the evaluation does;
+    NaN for a region without scored pixels. The signed log error tells a hole (the map too far: > 0) from the
     opposite."""
     protocol = protocol_for_split("synth")
     masks = {"low_texture": low_texture, "textured": ~low_texture, **(parts or {})}
@@ -97,7 +110,7 @@ def score(depth: np.ndarray, gt: np.ndarray, low_texture: np.ndarray,
     for name in masks:
         keep = valid_mask(gt, protocol) & masks[name]
         signed = float(np.mean(np.log(scaled[keep] / gt[keep]))) if keep.any() else math.nan
-        out[name] = (result[f"{name}/abs_rel"], result[f"{name}/a1"], signed, int(keep.sum()))
+        out[name] = (result[f"{name}/abs_rel"], result[f"{name}/a1"], signed, int(keep.sum()), result[f"{name}/rmse"])
     return out
 
 
@@ -107,9 +120,11 @@ def main() -> None:
     parser.add_argument("--split", action="store_true",
                         help="also score the low-texture pixels on/off the road and at the rim/inside")
     parser.add_argument("--rim", type=int, default=2, help="rim width in pixels at network resolution (--split)")
+    parser.add_argument("--depth-bands", action="store_true",
+                        help="also score every pixel by its GT depth band (0-10, 10-20, 20-40, 40-80 m)")
     args = parser.parse_args()
     trained, cfg, loader = load_probe(args)
-    values: dict[tuple[str, int, str], list[tuple[float, float, float, int]]] = {}
+    values: dict[tuple[str, int, str], list[tuple[float, float, float, int, float]]] = {}
     images_scored = 0
     for b, batch in enumerate(loader):
         if b == args.batches:
@@ -120,11 +135,15 @@ def main() -> None:
         gt = F.interpolate(batch["depth_gt"].float(), size=size, mode="nearest")[:, 0].numpy()
         regions = F.interpolate(batch["region_masks"].float(), size=size, mode="nearest") > 0
         low = regions[:, REGION_NAMES.index("low_texture")].numpy()
-        parts: list[dict[str, np.ndarray] | None] = [None] * target.shape[0]
+        parts: list[dict[str, np.ndarray]] = [{} for _ in range(target.shape[0])]
         if args.split:
             road = np.stack([road_mask(d[0].numpy()) for d in batch["depth_gt"]])
             road = F.interpolate(torch.from_numpy(road)[:, None].float(), size=size, mode="nearest")[:, 0] > 0
-            parts = [split_low_texture(low[i], road[i].numpy(), args.rim) for i in range(target.shape[0])]
+            for i in range(target.shape[0]):
+                parts[i].update(split_low_texture(low[i], road[i].numpy(), args.rim))
+        if args.depth_bands:
+            for i in range(target.shape[0]):
+                parts[i].update(depth_band_masks(gt[i]))
         images_scored += target.shape[0]
         for label, (model_cfg, models) in trained.items():
             for scale, depth in depth_at_every_scale(models, model_cfg, target).items():
@@ -138,7 +157,8 @@ def main() -> None:
                           "pixels": int(arr[:, 3].sum()),
                           "abs_rel": round(float(arr[seen, 0].mean()), 4) if seen.any() else None,
                           "a1": round(float(arr[seen, 1].mean()), 4) if seen.any() else None,
-                          "log_ratio": round(float(arr[seen, 2].mean()), 4) if seen.any() else None}), flush=True)
+                          "log_ratio": round(float(arr[seen, 2].mean()), 4) if seen.any() else None,
+                          "rmse": round(float(arr[seen, 4].mean()), 4) if seen.any() else None}), flush=True)
     print(json.dumps({"images": images_scored, "checkpoints": len(trained),
                       "scales": sorted({s for _, s, _ in values})}))
 

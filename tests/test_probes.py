@@ -228,7 +228,7 @@ def test_multiscale_score_is_median_scaled_per_region() -> None:
     low[:, :4] = True
     # twice the truth everywhere: median scaling removes the factor, both regions exact
     exact = probe.score(gt * 2, gt, low)
-    assert exact["low_texture"] == (0.0, 1.0, 0.0, 32) and exact["textured"] == (0.0, 1.0, 0.0, 32)
+    assert exact["low_texture"] == (0.0, 1.0, 0.0, 32, 0.0) and exact["textured"] == (0.0, 1.0, 0.0, 32, 0.0)
     # the low-texture half predicted flat at the far depth (a "hole"): median of pred/GT is over all pixels
     hole = gt.copy()
     hole[:, :4] = 20.0
@@ -236,6 +236,10 @@ def test_multiscale_score_is_median_scaled_per_region() -> None:
     ratio = np.median(gt) / np.median(hole)  # 15 / 20
     assert scored["low_texture"][0] == pytest.approx(abs(20.0 * ratio - 10.0) / 10.0)
     assert scored["textured"][0] == pytest.approx(abs(20.0 * ratio - 20.0) / 20.0)
+    # RMSE in metres after the same scaling: every low-texture pixel is off by 20·ratio − 10 = 5 m, every textured
+    # one by 20 − 20·ratio = 5 m
+    assert scored["low_texture"][4] == pytest.approx(20.0 * ratio - 10.0)
+    assert scored["textured"][4] == pytest.approx(20.0 - 20.0 * ratio)
     # signed: the hole is too far (log 1.5 > 0), the textured half too near (log 0.75 < 0)
     assert scored["low_texture"][2] == pytest.approx(math.log(20.0 * ratio / 10.0))
     assert scored["textured"][2] == pytest.approx(math.log(ratio))
@@ -244,7 +248,28 @@ def test_multiscale_score_is_median_scaled_per_region() -> None:
     quarter = np.zeros((8, 8), dtype=bool)
     quarter[:4, :4] = True
     parted = probe.score(hole, gt, low, {"quarter": quarter})
-    assert parted["quarter"] == pytest.approx(scored["low_texture"][:3] + (16,))
+    assert parted["quarter"] == pytest.approx(scored["low_texture"][:3] + (16,) + scored["low_texture"][4:])
+
+
+def test_depth_bands_partition_the_scored_pixels_by_gt_depth() -> None:
+    """GT of 5, 10, 15, 30, 60 and 70 m (and 0 = none, 85 = beyond the cap): each scored pixel falls in exactly one
+    (lo, hi] band, and a band's errors are its own pixels' (a model right on the near pixels and 10 % far on the far
+    ones, median-scaled over all; 1.1 × 70 stays below the evaluation's 80 m clip)."""
+    probe = _multiscale()
+    gt = np.array([[5.0, 10.0, 15.0, 30.0], [60.0, 70.0, 0.0, 85.0]])
+    bands = probe.depth_band_masks(gt)
+    assert list(bands) == ["depth_0_10", "depth_10_20", "depth_20_40", "depth_40_80"]
+    assert [int(m.sum()) for m in bands.values()] == [2, 1, 1, 2]  # 0 and 85 m are in none
+    assert bands["depth_0_10"][0, 1] and bands["depth_10_20"][0, 2] and not bands["depth_0_10"][1, 2]
+    pred = gt.copy()
+    pred[gt > 40] *= 1.1
+    # the median of GT/pred over the six scored pixels (1, 1, 1, 1, 1/1.1, 1/1.1) is 1: no rescaling
+    scored = probe.score(pred, gt, np.zeros_like(gt, dtype=bool), bands)
+    assert scored["depth_0_10"][0] == 0.0 and scored["depth_10_20"][4] == 0.0
+    far = np.array([60.0, 70.0])
+    assert scored["depth_40_80"][3] == 2
+    assert scored["depth_40_80"][0] == pytest.approx(0.1)
+    assert scored["depth_40_80"][4] == pytest.approx(np.sqrt(np.mean((0.1 * far) ** 2)))
 
 
 def test_road_mask_finds_the_road_plane_from_exact_depth() -> None:
@@ -303,6 +328,13 @@ def test_multiscale_probe_runs_on_a_tiny_world(tiny_world_and_checkpoint: tuple[
         assert parts[(scale, "low_texture_road")] + parts[(scale, "low_texture_off_road")] == low
         assert parts[(scale, "low_texture_rim")] + parts[(scale, "low_texture_interior")] == low
         assert parts[(scale, "low_texture")] + parts[(scale, "textured")] > 0
+    bands = _run_probe(MULTISCALE, world, checkpoint, "--depth-bands")
+    rows = {(line["scale"], line["region"]): line for line in bands if "region" in line}
+    for scale in range(4):
+        every = rows[(scale, "low_texture")]["pixels"] + rows[(scale, "textured")]["pixels"]
+        assert sum(rows[(scale, name)]["pixels"] for name in ("depth_0_10", "depth_10_20", "depth_20_40",
+                                                               "depth_40_80")) == every
+        assert all(line["rmse"] is None or line["rmse"] >= 0 for key, line in rows.items() if key[0] == scale)
 
 
 def test_probe_frames_take_the_size_the_checkpoint_was_trained_at(tiny_world_and_checkpoint: tuple[Path, Path]) -> None:
