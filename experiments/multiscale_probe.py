@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -45,8 +46,19 @@ from md2bench.metrics import MAX_DEPTH, MIN_DEPTH, evaluate_image, protocol_for_
 from md2bench.regions import REGION_NAMES
 from probe_setup import load_probe, probe_parser
 
-DEPTH_BANDS: tuple[tuple[float, float], ...] = ((0.0, 10.0), (10.0, 20.0), (20.0, 40.0), (40.0, 80.0))
-"""Metres, (lo, hi]: ``--depth-bands``; together they cover every scored pixel (GT in (1e-3, 80) m)."""
+DEPTH_BANDS: tuple[tuple[float, float], ...] = ((0.0, 10.0), (10.0, 20.0), (20.0, 40.0), (40.0, MAX_DEPTH))
+"""Metres, (lo, hi]: ``--depth-bands``; together they cover every scored pixel (GT in (MIN_DEPTH, MAX_DEPTH))."""
+
+
+class Scored(NamedTuple):
+    """One depth map's scores on one region (``score``); the JSON line's keys, ``pixels`` summed over images and
+    the others averaged over the images with scored pixels."""
+
+    abs_rel: float
+    a1: float
+    log_ratio: float
+    pixels: int
+    rmse: float
 
 ROAD_TOLERANCE = 0.05
 """Metres: a pixel is on the road when its point is within this of the road plane (the sidewalk is 0.15 m above)."""
@@ -97,8 +109,8 @@ def depth_at_every_scale(models, cfg, images: torch.Tensor) -> dict[int, torch.T
 
 
 def score(depth: np.ndarray, gt: np.ndarray, low_texture: np.ndarray,
-          parts: dict[str, np.ndarray] | None = None) -> dict[str, tuple[float, float, float, int, float]]:
-    """(abs rel, δ<1.25, mean log(pred/GT), scored pixels, RMSE) of one H×W depth map on the low-texture pixels, on
+          parts: dict[str, np.ndarray] | None = None) -> dict[str, Scored]:
+    """Abs rel, δ<1.25, mean log(pred/GT), scored pixels and RMSE of one H×W depth map on the low-texture pixels, on
     the rest and on each of ``parts`` (name -> mask), median-scaled over all scored pixels as the evaluation does;
     NaN for a region without scored pixels. The signed log error tells a hole (the map too far: > 0) from the
     opposite."""
@@ -110,7 +122,8 @@ def score(depth: np.ndarray, gt: np.ndarray, low_texture: np.ndarray,
     for name in masks:
         keep = valid_mask(gt, protocol) & masks[name]
         signed = float(np.mean(np.log(scaled[keep] / gt[keep]))) if keep.any() else math.nan
-        out[name] = (result[f"{name}/abs_rel"], result[f"{name}/a1"], signed, int(keep.sum()), result[f"{name}/rmse"])
+        out[name] = Scored(result[f"{name}/abs_rel"], result[f"{name}/a1"], signed, int(keep.sum()),
+                           result[f"{name}/rmse"])
     return out
 
 
@@ -124,7 +137,7 @@ def main() -> None:
                         help="also score every pixel by its GT depth band (0-10, 10-20, 20-40, 40-80 m)")
     args = parser.parse_args()
     trained, cfg, loader = load_probe(args)
-    values: dict[tuple[str, int, str], list[tuple[float, float, float, int, float]]] = {}
+    values: dict[tuple[str, int, str], list[Scored]] = {}
     images_scored = 0
     for b, batch in enumerate(loader):
         if b == args.batches:
@@ -153,12 +166,12 @@ def main() -> None:
     for (label, scale, region), scored in sorted(values.items()):
         arr = np.array(scored, dtype=float)
         seen = ~np.isnan(arr[:, 0])
-        print(json.dumps({"checkpoint": label, "scale": scale, "region": region, "images": int(seen.sum()),
-                          "pixels": int(arr[:, 3].sum()),
-                          "abs_rel": round(float(arr[seen, 0].mean()), 4) if seen.any() else None,
-                          "a1": round(float(arr[seen, 1].mean()), 4) if seen.any() else None,
-                          "log_ratio": round(float(arr[seen, 2].mean()), 4) if seen.any() else None,
-                          "rmse": round(float(arr[seen, 4].mean()), 4) if seen.any() else None}), flush=True)
+        line = {"checkpoint": label, "scale": scale, "region": region, "images": int(seen.sum()),
+                "pixels": int(arr[:, Scored._fields.index("pixels")].sum())}
+        for i, field in enumerate(Scored._fields):
+            if field != "pixels":
+                line[field] = round(float(arr[seen, i].mean()), 4) if seen.any() else None
+        print(json.dumps(line), flush=True)
     print(json.dumps({"images": images_scored, "checkpoints": len(trained),
                       "scales": sorted({s for _, s, _ in values})}))
 

@@ -238,8 +238,8 @@ def test_multiscale_score_is_median_scaled_per_region() -> None:
     assert scored["textured"][0] == pytest.approx(abs(20.0 * ratio - 20.0) / 20.0)
     # RMSE in metres after the same scaling: every low-texture pixel is off by 20·ratio − 10 = 5 m, every textured
     # one by 20 − 20·ratio = 5 m
-    assert scored["low_texture"][4] == pytest.approx(20.0 * ratio - 10.0)
-    assert scored["textured"][4] == pytest.approx(20.0 - 20.0 * ratio)
+    assert scored["low_texture"].rmse == pytest.approx(20.0 * ratio - 10.0)
+    assert scored["textured"].rmse == pytest.approx(20.0 - 20.0 * ratio)
     # signed: the hole is too far (log 1.5 > 0), the textured half too near (log 0.75 < 0)
     assert scored["low_texture"][2] == pytest.approx(math.log(20.0 * ratio / 10.0))
     assert scored["textured"][2] == pytest.approx(math.log(ratio))
@@ -248,7 +248,7 @@ def test_multiscale_score_is_median_scaled_per_region() -> None:
     quarter = np.zeros((8, 8), dtype=bool)
     quarter[:4, :4] = True
     parted = probe.score(hole, gt, low, {"quarter": quarter})
-    assert parted["quarter"] == pytest.approx(scored["low_texture"][:3] + (16,) + scored["low_texture"][4:])
+    assert parted["quarter"] == pytest.approx(tuple(scored["low_texture"]._replace(pixels=16)))
 
 
 def test_depth_bands_partition_the_scored_pixels_by_gt_depth() -> None:
@@ -265,11 +265,11 @@ def test_depth_bands_partition_the_scored_pixels_by_gt_depth() -> None:
     pred[gt > 40] *= 1.1
     # the median of GT/pred over the six scored pixels (1, 1, 1, 1, 1/1.1, 1/1.1) is 1: no rescaling
     scored = probe.score(pred, gt, np.zeros_like(gt, dtype=bool), bands)
-    assert scored["depth_0_10"][0] == 0.0 and scored["depth_10_20"][4] == 0.0
+    assert scored["depth_0_10"].abs_rel == 0.0 and scored["depth_10_20"].rmse == 0.0
     far = np.array([60.0, 70.0])
-    assert scored["depth_40_80"][3] == 2
-    assert scored["depth_40_80"][0] == pytest.approx(0.1)
-    assert scored["depth_40_80"][4] == pytest.approx(np.sqrt(np.mean((0.1 * far) ** 2)))
+    assert scored["depth_40_80"].pixels == 2
+    assert scored["depth_40_80"].abs_rel == pytest.approx(0.1)
+    assert scored["depth_40_80"].rmse == pytest.approx(np.sqrt(np.mean((0.1 * far) ** 2)))
 
 
 def test_road_mask_finds_the_road_plane_from_exact_depth() -> None:
