@@ -140,6 +140,13 @@ class LossConfig:
         ssim: photometric error = ``ssim_weight``·(1−SSIM)/2 + (1−``ssim_weight``)·L1; off means plain L1.
         ssim_weight: alpha in the photometric error (0.85).
         smoothness: weight of the edge-aware disparity smoothness term (divided by 2^scale).
+        smoothness_scales: ``"all"`` (the reference): the smoothness term at every loss scale, λ/2^s each, inside
+            the mean over scales; ``"finest"``: at scale 0 only, with weight λ outside that mean — what
+            ``multiscale = "single"`` gives it — so that a multi-scale loss keeps its coarse photometric terms
+            but not their smoothness (measured on the trained maps, Σ_s smooth_s/2^s ≈ 4·smooth_0, so the total
+            smoothness weight stays about the same). Not in the paper's code; an option to tell the coarse
+            scales' smoothness from their photometric terms (README, "Results"). No effect with
+            ``multiscale = "single"``.
         mask_out_of_view: off (the reference): a source whose sample falls outside its image still competes,
             with the clamped border pixel (``padding_mode="border"``), in the min/avg. On: it is left out of the
             min/avg at that pixel (a pixel no source sees keeps them all). Not in the paper's code; an option
@@ -157,10 +164,12 @@ class LossConfig:
     ssim_weight: float = 0.85
     smoothness: float = 1e-3
     mask_out_of_view: bool = False
+    smoothness_scales: str = "all"
 
     def __post_init__(self) -> None:
         _choice("loss", "reprojection", self.reprojection, ("min", "avg", "random"))
         _choice("loss", "multiscale", self.multiscale, ("full_res", "per_scale", "single"))
+        _choice("loss", "smoothness_scales", self.smoothness_scales, ("all", "finest"))
         if self.predictive_mask and self.automask:
             raise ConfigError(
                 "loss.predictive_mask = true replaces auto-masking: set loss.automask = false as well "
@@ -317,7 +326,8 @@ NON_SEMANTIC = frozenset(
 # that value is left out of ``run_key``, so finished runs keep their keys (and are still skipped) when an
 # option is added; any other value is part of the key.
 KEY_DEFAULTS = {"train.cpu_amp": False, "model.pose_source": "net", "model.init_depth": 0.0, "model.init_from": "", "model.pose_translation_scale": 0.01,
-                "loss.automask_warmup_steps": 0, "loss.mask_out_of_view": False}
+                "loss.automask_warmup_steps": 0, "loss.mask_out_of_view": False,
+                "loss.smoothness_scales": "all"}
 
 
 @dataclass(frozen=True)

@@ -270,9 +270,10 @@ def compute_loss(outputs: Outputs, inputs: Inputs, cfg: Config) -> tuple[Tensor,
     target; identity errors (auto-mask) are raw source vs raw target at the working scale; min/avg (with
     ``loss.mask_out_of_view``, over the sources whose sample stays inside the image) and the
     implicit auto-mask per :func:`md2bench.losses.reprojection_loss`; with a predictive mask, + weight·BCE;
-    smoothness on the native-scale σ_s with the native-scale raw target, weight λ/2^s. The total is the mean
-    over ``cfg.loss_scales``. Tie-break noise (and, for ``loss.reprojection = "random"``, each pixel's source)
-    comes from the default generator of the device (seeded by the trainer).
+    smoothness on the native-scale σ_s with the native-scale raw target, weight λ/2^s (``loss.smoothness_scales =
+    "finest"``: at scale 0 only, weight λ once averaged). The total is the mean over ``cfg.loss_scales``. Tie-break
+    noise (and, for ``loss.reprojection = "random"``, each pixel's source) comes from the default generator of the
+    device (seeded by the trainer).
 
     Args:
         outputs: from :func:`forward`.
@@ -385,7 +386,10 @@ def _compute_loss_fp32(
                 term = term + loss_cfg.predictive_mask_weight * bce
                 diagnostics[f"loss/mask_bce/s{s}"] = bce.detach()
             smooth = smoothness_loss(disp[s], raw[s][:, 0])
-            term = term + loss_cfg.smoothness * smooth / 2**s
+            if loss_cfg.smoothness_scales == "all":
+                term = term + loss_cfg.smoothness * smooth / 2**s
+            elif s == 0:  # "finest": weight λ once the terms are averaged over the scales, as a single-scale loss has it
+                term = term + loss_cfg.smoothness * smooth * len(scales)
             terms[s] = term
             diagnostics[f"loss/photometric/s{s}"] = photometric.detach()
             diagnostics[f"loss/smoothness/s{s}"] = smooth.detach()

@@ -61,6 +61,8 @@ SWITCHES: tuple[Switch, ...] = (
            "(loss.reprojection = \"random\"; not in the paper's code)"),
     Switch("single_scale", "1 scale", "the loss at scale 0 only (loss.multiscale = \"single\"; FR ✗ then means "
            "no coarse-scale losses, not Monodepth v1's per-scale ones)"),
+    Switch("smooth_finest", "smooth s0", "the smoothness term at scale 0 only, at the single-scale loss's weight; the "
+           "coarse photometric terms stay (loss.smoothness_scales = \"finest\"; not in the paper's code)"),
 )
 
 FLAG_KEYS: tuple[str, ...] = tuple(s.key for s in SWITCHES)

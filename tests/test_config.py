@@ -82,6 +82,7 @@ def test_unknown_key_names_the_nearest_valid_key() -> None:
     [
         ({"loss.reprojection": "median"}, "'min', 'avg'"),
         ({"loss.multiscale": "v1"}, "'full_res', 'per_scale', 'single'"),
+        ({"loss.smoothness_scales": "coarse"}, "'all', 'finest'"),
         ({"model.pose_net": "resnet"}, "'separate', 'shared', 'posecnn'"),
         ({"data.mode": "SM"}, "'M', 'S', 'MS'"),
         ({"data.height": 100}, "multiples of 32"),
@@ -168,3 +169,11 @@ def test_at_step_switches_auto_masking_on_after_the_warmup() -> None:
     # The option was added later: at its default it leaves the run key of every existing config unchanged.
     assert "loss.automask_warmup_steps" in KEY_DEFAULTS
     assert cfg.run_key != plain.run_key and load_config("tiny", ["loss.automask_warmup_steps=0"]).run_key == plain.run_key
+
+
+def test_smoothness_scales_keeps_existing_run_keys_at_its_default() -> None:
+    """``loss.smoothness_scales`` was added after runs were keyed: "all" leaves every key as it was."""
+    plain = load_config("tiny")
+    assert "loss.smoothness_scales" in KEY_DEFAULTS
+    assert load_config("tiny", ["loss.smoothness_scales=all"]).run_key == plain.run_key
+    assert load_config("tiny", ["loss.smoothness_scales=finest"]).run_key != plain.run_key

@@ -181,6 +181,32 @@ def test_multiscale_modes_compare_at_the_resolutions_they_claim(multiscale: str)
     assert diag["loss/total"].item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("multiscale", ["full_res", "per_scale", "single"])
+def test_smoothness_at_the_finest_scale_only_keeps_every_photometric_term(multiscale: str) -> None:
+    """``loss.smoothness_scales = "finest"``: the same photometric terms at every loss scale, and the smoothness
+    of scale 0 alone with weight λ after the mean over scales (a single-scale loss's weight); with
+    ``multiscale = "single"`` it changes nothing."""
+    base = {"loss.multiscale": multiscale, "loss.automask": False}
+    every, finest = _cfg(**base), _cfg(**base, **{"loss.smoothness_scales": "finest"})
+    inputs = prepare_inputs(_batch(every), every, "cpu")
+    outputs = _identity_outputs(every)
+    total_every, diag_every = compute_loss(outputs, inputs, every)
+    total_finest, diag_finest = compute_loss(outputs, inputs, finest)
+    scales = every.loss_scales
+    for s in scales:
+        assert diag_finest[f"loss/photometric/s{s}"].item() == diag_every[f"loss/photometric/s{s}"].item()
+    photometric = torch.stack([diag_finest[f"loss/photometric/s{s}"] for s in scales]).mean()
+    expected = photometric + 1e-3 * diag_finest["loss/smoothness/s0"]
+    assert total_finest.item() == pytest.approx(expected.item(), rel=1e-6)
+    if multiscale == "single":
+        assert total_finest.item() == pytest.approx(total_every.item(), rel=1e-7)
+    else:  # random maps: Σ_s smooth_s/2^s/4 is about half of smooth_0, so the totals differ
+        gap = total_finest.item() - total_every.item()
+        smooth = [diag_every[f"loss/smoothness/s{s}"].item() for s in scales]
+        assert gap == pytest.approx(1e-3 * (smooth[0] - sum(v / 2**s for s, v in zip(scales, smooth)) / 4), rel=1e-3)
+        assert gap > 1e-5
+
+
 def _sideways_outputs(cfg: Config, columns: float) -> Outputs:
     """Constant disparity; source 0 at the identity, source 1 shifted sideways so that every point moves
     ``columns`` px to the right (f·t_x/Z): its last ceil(columns) columns leave the image."""
