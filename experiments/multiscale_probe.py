@@ -26,6 +26,13 @@ median scaling; mean over images) beside abs rel.
 With ``--depth-bands`` every scored pixel is also scored by its ground-truth depth (``depth_0_10``,
 ``depth_10_20``, ``depth_20_40``, ``depth_40_80``: GT in (lo, hi] metres), to see at which depths two models
 differ: abs rel weighs each pixel's error by its own depth, RMSE by the metres, so the far pixels dominate it.
+
+With ``--edges`` every scored pixel is also scored by where it lies: at a depth edge (``depth_edge``: within
+``--edge-width`` pixels, at network resolution, of a pixel whose 3×3 neighbourhood spans a GT depth ratio over
+``EDGE_RATIO``; pixels without GT count as far) or not (``off_edge``), and in the strip along the image border
+where the coarsest map's bilinear upsampling clamps (``border_strip``: within 2^(S−1) pixels of the edge, S the
+coarsest scale, so 4 at scale 3) or inside it (``border_inside``). With ``--depth-bands`` as well, each band is
+crossed with the four (``depth_0_10&depth_edge`` ...), to see where a band's error sits.
 """
 
 from __future__ import annotations
@@ -48,6 +55,13 @@ from probe_setup import load_probe, probe_parser
 
 DEPTH_BANDS: tuple[tuple[float, float], ...] = ((0.0, 10.0), (10.0, 20.0), (20.0, 40.0), (40.0, MAX_DEPTH))
 """Metres, (lo, hi]: ``--depth-bands``; together they cover every scored pixel (GT in (MIN_DEPTH, MAX_DEPTH))."""
+
+
+EDGE_RATIO = 1.25
+"""``--edges``: a pixel whose 3×3 neighbourhood's GT depths span more than this ratio is on a depth edge."""
+
+NO_GT_DEPTH = 1000.0
+"""``--edges``: metres given to pixels without GT (the sky) when finding depth edges: far behind everything."""
 
 
 class Scored(NamedTuple):
@@ -95,6 +109,45 @@ def depth_band_masks(gt: np.ndarray, bands: tuple[tuple[float, float], ...] = DE
     return {f"depth_{lo:g}_{hi:g}": (gt > lo) & (gt <= hi) for lo, hi in bands}
 
 
+def _dilate(mask: np.ndarray, width: int) -> np.ndarray:
+    """Pixels of an H×W boolean mask's (2·width+1)² square neighbourhoods (the mask itself for width 0)."""
+    if width == 0:
+        return mask.copy()
+    grown = F.max_pool2d(torch.from_numpy(mask)[None, None].float(), 2 * width + 1, stride=1, padding=width)
+    return grown[0, 0].numpy() > 0
+
+
+def depth_edges(gt: np.ndarray, width: int, ratio: float = EDGE_RATIO) -> np.ndarray:
+    """Pixels of an H×W GT depth map (metres, 0 = none) within ``width`` pixels of a depth edge: a pixel whose 3×3
+    neighbourhood (clipped at the image border) holds depths more than ``ratio`` apart; pixels without GT are at
+    ``NO_GT_DEPTH``."""
+    log_depth = torch.from_numpy(np.log(np.where(gt > 0, gt, NO_GT_DEPTH)).astype(np.float64))[None, None]
+    padded = F.pad(log_depth, (1, 1, 1, 1), mode="replicate")
+    spread = F.max_pool2d(padded, 3, stride=1) + F.max_pool2d(-padded, 3, stride=1)
+    return _dilate(spread[0, 0].numpy() > math.log(ratio), width)
+
+
+def border_strip(shape: tuple[int, int], coarsest: int) -> np.ndarray:
+    """Pixels of an H×W image where the coarsest scale's upsampling to H×W clamps (bilinear, align_corners=False):
+    within 2^(coarsest−1) pixels of the image's edge (none for coarsest 0)."""
+    width = 2 ** coarsest // 2
+    strip = np.zeros(shape, dtype=bool)
+    if width:
+        strip[:width], strip[-width:], strip[:, :width], strip[:, -width:] = True, True, True, True
+    return strip
+
+
+def edge_parts(gt: np.ndarray, width: int, coarsest: int) -> dict[str, np.ndarray]:
+    """The ``--edges`` masks of one H×W GT depth map: on/off a depth edge, in/inside the border strip."""
+    edge, strip = depth_edges(gt, width), border_strip(gt.shape, coarsest)
+    return {"depth_edge": edge, "off_edge": ~edge, "border_strip": strip, "border_inside": ~strip}
+
+
+def crossed(bands: dict[str, np.ndarray], parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every band crossed with every part: ``"<band>&<part>"`` -> band ∧ part."""
+    return {f"{b}&{p}": band & part for b, band in bands.items() for p, part in parts.items()}
+
+
 @torch.no_grad()
 def depth_at_every_scale(models, cfg, images: torch.Tensor) -> dict[int, torch.Tensor]:
     """B×H×W depth (network units) of each decoder scale, its sigmoid upsampled to the images' size first
@@ -135,6 +188,11 @@ def main() -> None:
     parser.add_argument("--rim", type=int, default=2, help="rim width in pixels at network resolution (--split)")
     parser.add_argument("--depth-bands", action="store_true",
                         help="also score every pixel by its GT depth band (0-10, 10-20, 20-40, 40-80 m)")
+    parser.add_argument("--edges", action="store_true",
+                        help="also score the pixels at/off GT depth edges and in/inside the border strip where the "
+                             "coarsest map's upsampling clamps (crossed with the bands under --depth-bands)")
+    parser.add_argument("--edge-width", type=int, default=2,
+                        help="pixels (network resolution) around a depth edge that count as on it (--edges)")
     args = parser.parse_args()
     trained, cfg, loader = load_probe(args)
     values: dict[tuple[str, int, str], list[Scored]] = {}
@@ -154,9 +212,10 @@ def main() -> None:
             road = F.interpolate(torch.from_numpy(road)[:, None].float(), size=size, mode="nearest")[:, 0] > 0
             for i in range(target.shape[0]):
                 parts[i].update(split_low_texture(low[i], road[i].numpy(), args.rim))
-        if args.depth_bands:
-            for i in range(target.shape[0]):
-                parts[i].update(depth_band_masks(gt[i]))
+        for i in range(target.shape[0]):
+            bands = depth_band_masks(gt[i]) if args.depth_bands else {}
+            edges = edge_parts(gt[i], args.edge_width, max(cfg.model.scales)) if args.edges else {}
+            parts[i].update({**bands, **edges, **crossed(bands, edges)})
         images_scored += target.shape[0]
         for label, (model_cfg, models) in trained.items():
             for scale, depth in depth_at_every_scale(models, model_cfg, target).items():

@@ -313,6 +313,48 @@ def test_rim_and_interior_split_a_low_texture_block() -> None:
     assert not (parts["low_texture_rim"] & parts["low_texture_interior"]).any()
 
 
+def test_depth_edges_mark_a_near_box_against_a_far_wall_and_the_sky() -> None:
+    """A 4×4 box at 5 m in a 10×12 wall at 20 m whose top two rows are sky (no GT): the edge pixels are the box's
+    ring and the wall's ring around it (3×3 spread 4 > 1.25), and the wall's row next to the sky; a gentle ramp
+    (ratio 1.1 between neighbours) is no edge; width 1 grows the edge by one pixel each way."""
+    probe = _multiscale()
+    gt = np.full((10, 12), 20.0)
+    gt[:2] = 0.0
+    gt[4:8, 4:8] = 5.0
+    edge = probe.depth_edges(gt, 0)
+    expected = np.zeros_like(edge)
+    expected[3:9, 3:9] = True
+    expected[5:7, 5:7] = False  # the box's 2×2 core sees only 5 m
+    expected[1:3, :] = True  # sky (1000 m) against the wall
+    assert np.array_equal(edge, expected)
+    ramp = 10.0 * 1.1 ** np.arange(12)[None, :].repeat(5, 0)
+    assert not probe.depth_edges(ramp, 0).any()
+    grown = probe.depth_edges(gt, 1)
+    assert grown[2, 3] and grown[4, 4] and grown[5, 5] and not grown[9, 0] and grown.sum() > edge.sum()
+
+
+def test_border_strip_is_where_the_coarsest_upsampling_clamps() -> None:
+    """Bilinear upsampling (align_corners=False) by 2^S clamps the output pixels within 2^(S−1) of the image edge:
+    a coarse ramp upsampled by 8 is flat (the edge value) exactly on the strip's rows and columns."""
+    probe = _multiscale()
+    import torch.nn.functional as F
+
+    coarse = torch.arange(24.0).reshape(1, 1, 4, 6)
+    fine = F.interpolate(coarse, scale_factor=8, mode="bilinear", align_corners=False)[0, 0].numpy()
+    strip = probe.border_strip(fine.shape, 3)
+    assert strip.sum() == 32 * 48 - 24 * 40
+    rows_clamped = [i for i in range(32) if np.allclose(fine[i], fine[0]) or np.allclose(fine[i], fine[-1])]
+    cols_clamped = [j for j in range(48) if np.allclose(fine[:, j], fine[:, 0]) or np.allclose(fine[:, j], fine[:, -1])]
+    assert rows_clamped == [i for i in range(32) if strip[i, 10]]
+    assert cols_clamped == [j for j in range(48) if strip[10, j]]
+    assert not probe.border_strip((8, 8), 0).any()
+    parts = probe.edge_parts(np.full((32, 48), 10.0), 2, 3)
+    assert not parts["depth_edge"].any() and parts["off_edge"].all()
+    assert np.array_equal(parts["border_strip"], strip) and np.array_equal(parts["border_inside"], ~strip)
+    both = probe.crossed({"near": np.eye(32, 48, dtype=bool)}, {"strip": strip})
+    assert list(both) == ["near&strip"] and both["near&strip"].sum() == 8  # the diagonal's first and last 4
+
+
 def test_multiscale_probe_runs_on_a_tiny_world(tiny_world_and_checkpoint: tuple[Path, Path]) -> None:
     world, checkpoint = tiny_world_and_checkpoint
     lines = _run_probe(MULTISCALE, world, checkpoint)
@@ -335,6 +377,14 @@ def test_multiscale_probe_runs_on_a_tiny_world(tiny_world_and_checkpoint: tuple[
         assert sum(rows[(scale, name)]["pixels"] for name in ("depth_0_10", "depth_10_20", "depth_20_40",
                                                                "depth_40_80")) == every
         assert all(line["rmse"] is None or line["rmse"] >= 0 for key, line in rows.items() if key[0] == scale)
+    edges = _run_probe(MULTISCALE, world, checkpoint, "--depth-bands", "--edges", "--edge-width", "1")
+    rows = {(line["scale"], line["region"]): line["pixels"] for line in edges if "region" in line}
+    for scale in range(4):
+        every = rows[(scale, "low_texture")] + rows[(scale, "textured")]
+        assert rows[(scale, "depth_edge")] + rows[(scale, "off_edge")] == every
+        assert rows[(scale, "border_strip")] + rows[(scale, "border_inside")] == every
+        for band in ("depth_0_10", "depth_10_20", "depth_20_40", "depth_40_80"):
+            assert rows[(scale, f"{band}&depth_edge")] + rows[(scale, f"{band}&off_edge")] == rows[(scale, band)]
 
 
 def test_probe_frames_take_the_size_the_checkpoint_was_trained_at(tiny_world_and_checkpoint: tuple[Path, Path]) -> None:
