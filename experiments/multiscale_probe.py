@@ -89,12 +89,18 @@ def road_mask(depth: np.ndarray) -> np.ndarray:
     return (depth > 0) & (np.abs(below - GROUND_Y) < ROAD_TOLERANCE)
 
 
+def _dilate(mask: np.ndarray, width: int) -> np.ndarray:
+    """Pixels of an H×W boolean mask's (2·width+1)² square neighbourhoods (the mask itself for width 0)."""
+    if width == 0:
+        return mask.copy()
+    grown = F.max_pool2d(torch.from_numpy(mask)[None, None].float(), 2 * width + 1, stride=1, padding=width)
+    return grown[0, 0].numpy() > 0
+
+
 def rim_mask(region: np.ndarray, width: int) -> np.ndarray:
     """Pixels of an H×W boolean region within ``width`` pixels (the (2·width+1)² square around them) of a pixel
     outside it; the image border does not count as outside."""
-    outside = torch.from_numpy(~region)[None, None].float()
-    near = F.max_pool2d(outside, 2 * width + 1, stride=1, padding=width)[0, 0].numpy() > 0
-    return region & near
+    return region & _dilate(~region, width)
 
 
 def split_low_texture(low: np.ndarray, road: np.ndarray, width: int) -> dict[str, np.ndarray]:
@@ -107,14 +113,6 @@ def split_low_texture(low: np.ndarray, road: np.ndarray, width: int) -> dict[str
 def depth_band_masks(gt: np.ndarray, bands: tuple[tuple[float, float], ...] = DEPTH_BANDS) -> dict[str, np.ndarray]:
     """The ``--depth-bands`` masks of one H×W GT depth map: ``depth_<lo>_<hi>`` = GT in (lo, hi] metres."""
     return {f"depth_{lo:g}_{hi:g}": (gt > lo) & (gt <= hi) for lo, hi in bands}
-
-
-def _dilate(mask: np.ndarray, width: int) -> np.ndarray:
-    """Pixels of an H×W boolean mask's (2·width+1)² square neighbourhoods (the mask itself for width 0)."""
-    if width == 0:
-        return mask.copy()
-    grown = F.max_pool2d(torch.from_numpy(mask)[None, None].float(), 2 * width + 1, stride=1, padding=width)
-    return grown[0, 0].numpy() > 0
 
 
 def depth_edges(gt: np.ndarray, width: int, ratio: float = EDGE_RATIO) -> np.ndarray:
