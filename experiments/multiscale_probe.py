@@ -31,7 +31,7 @@ With ``--edges`` every scored pixel is also scored by where it lies: at a depth 
 ``--edge-width`` pixels, at network resolution, of a pixel whose 3×3 neighbourhood spans a GT depth ratio over
 ``EDGE_RATIO``; pixels without GT count as far) or not (``off_edge``), and in the strip along the image border
 where the coarsest map's bilinear upsampling clamps (``border_strip``: within 2^(S−1) pixels of the edge, S the
-coarsest scale, so 4 at scale 3) or inside it (``border_inside``). With ``--depth-bands`` as well, each band is
+checkpoint's own coarsest scale, so 4 at scale 3) or inside it (``border_inside``). With ``--depth-bands`` as well, each band is
 crossed with the four (``depth_0_10&depth_edge`` ...), to see where a band's error sits.
 """
 
@@ -135,10 +135,16 @@ def border_strip(shape: tuple[int, int], coarsest: int) -> np.ndarray:
     return strip
 
 
-def edge_parts(gt: np.ndarray, width: int, coarsest: int) -> dict[str, np.ndarray]:
-    """The ``--edges`` masks of one H×W GT depth map: on/off a depth edge, in/inside the border strip."""
-    edge, strip = depth_edges(gt, width), border_strip(gt.shape, coarsest)
-    return {"depth_edge": edge, "off_edge": ~edge, "border_strip": strip, "border_inside": ~strip}
+def edge_parts(gt: np.ndarray, width: int) -> dict[str, np.ndarray]:
+    """The ``--edges`` masks of one H×W GT depth map that do not depend on the model: on/off a depth edge."""
+    edge = depth_edges(gt, width)
+    return {"depth_edge": edge, "off_edge": ~edge}
+
+
+def border_parts(shape: tuple[int, int], coarsest: int) -> dict[str, np.ndarray]:
+    """The ``--edges`` masks that depend on the model's coarsest scale: in/inside its clamped border strip."""
+    strip = border_strip(shape, coarsest)
+    return {"border_strip": strip, "border_inside": ~strip}
 
 
 def crossed(bands: dict[str, np.ndarray], parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -210,15 +216,18 @@ def main() -> None:
             road = F.interpolate(torch.from_numpy(road)[:, None].float(), size=size, mode="nearest")[:, 0] > 0
             for i in range(target.shape[0]):
                 parts[i].update(split_low_texture(low[i], road[i].numpy(), args.rim))
+        bands = [depth_band_masks(g) if args.depth_bands else {} for g in gt]
         for i in range(target.shape[0]):
-            bands = depth_band_masks(gt[i]) if args.depth_bands else {}
-            edges = edge_parts(gt[i], args.edge_width, max(cfg.model.scales)) if args.edges else {}
-            parts[i].update({**bands, **edges, **crossed(bands, edges)})
+            edges = edge_parts(gt[i], args.edge_width) if args.edges else {}
+            parts[i].update({**bands[i], **edges, **crossed(bands[i], edges)})
         images_scored += target.shape[0]
         for label, (model_cfg, models) in trained.items():
+            # the border strip is the checkpoint's own: where its coarsest map's upsampling clamps
+            border = border_parts(size, max(model_cfg.model.scales)) if args.edges else {}
             for scale, depth in depth_at_every_scale(models, model_cfg, target).items():
                 for i in range(target.shape[0]):
-                    for region, scored in score(depth[i].numpy(), gt[i], low[i], parts[i]).items():
+                    own = {**parts[i], **border, **crossed(bands[i], border)}
+                    for region, scored in score(depth[i].numpy(), gt[i], low[i], own).items():
                         values.setdefault((label, scale, region), []).append(scored)
     for (label, scale, region), scored in sorted(values.items()):
         arr = np.array(scored, dtype=float)

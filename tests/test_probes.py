@@ -348,9 +348,11 @@ def test_border_strip_is_where_the_coarsest_upsampling_clamps() -> None:
     assert rows_clamped == [i for i in range(32) if strip[i, 10]]
     assert cols_clamped == [j for j in range(48) if strip[10, j]]
     assert not probe.border_strip((8, 8), 0).any()
-    parts = probe.edge_parts(np.full((32, 48), 10.0), 2, 3)
+    parts = probe.edge_parts(np.full((32, 48), 10.0), 2)
     assert not parts["depth_edge"].any() and parts["off_edge"].all()
-    assert np.array_equal(parts["border_strip"], strip) and np.array_equal(parts["border_inside"], ~strip)
+    border = probe.border_parts((32, 48), 3)
+    assert np.array_equal(border["border_strip"], strip) and np.array_equal(border["border_inside"], ~strip)
+    assert probe.border_parts((32, 48), 2)["border_strip"].sum() == 32 * 48 - 28 * 44  # a 2-pixel strip at scale 2
     both = probe.crossed({"near": np.eye(32, 48, dtype=bool)}, {"strip": strip})
     assert list(both) == ["near&strip"] and both["near&strip"].sum() == 8  # the diagonal's first and last 4
 
