@@ -180,6 +180,29 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path, monkeypatch:
     assert not (tmp_path / "mlruns.db").exists()  # a dry run creates no store
 
 
+def test_the_grids_world_is_rendered_once_before_the_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two rows on the same world: one render, said once; a second call renders nothing and says nothing; a
+    ``data.path`` that is a non-empty folder without a world stops the grid with a message naming the run."""
+    from md2bench.data.synthetic import is_rendered, world_cache_path
+    from md2bench.launch.worlds import prepare_worlds
+
+    monkeypatch.chdir(tmp_path)
+    specs = load_grid("smoke").expand()
+    assert len(specs) == 2 and len({s.config.data.synth_preset for s in specs}) == 1
+    root = world_cache_path(specs[0].config.data.synth_preset, specs[0].config.data.synth_seed)
+    assert not is_rendered(root)
+    out = io.StringIO()
+    assert prepare_worlds(specs, out) == [root]
+    assert is_rendered(root) and out.getvalue().count("rendering the synthetic world") == 1
+    again = io.StringIO()
+    assert prepare_worlds(specs, again) == [root] and again.getvalue() == ""
+    (tmp_path / "not-a-world").mkdir()
+    (tmp_path / "not-a-world" / "x.txt").write_text("x")
+    moved = load_grid("smoke").with_overrides({"data.path": str(tmp_path / "not-a-world")}).expand()
+    with pytest.raises(OrchestratorError, match=r"baseline/seed0: .*not-a-world.* not empty"):
+        prepare_worlds(moved, io.StringIO())
+
+
 def test_slurm_job_pickles_without_its_process() -> None:
     submitit = pytest.importorskip("submitit")
     from md2bench.launch.slurm import TrainJob
@@ -232,6 +255,9 @@ def test_smoke_grid_finishes_nested_under_one_parent(smoke_dir: Path) -> None:
     assert len(runs) == len(grid.expand()) == 2
     # the orchestrator ends by naming the next commands, with the store it used
     first = (smoke_dir / "first.out").read_text()
+    # the fresh folder's world was rendered by the orchestrator, once, before the first run started
+    assert first.count("rendering the synthetic world") == 1
+    assert first.index("rendering the synthetic world") < first.index("start ")
     assert f"md2bench report smoke --out reports/smoke --tracking-uri {tracker.uri}" in first
     assert f"mlflow ui --backend-store-uri {tracker.uri}" in first
     by_key = {r.data.tags["md2bench.run_key"]: r for r in runs}

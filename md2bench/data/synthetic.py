@@ -555,7 +555,8 @@ def has_region_masks(root: str | Path) -> bool:
     return version is not None and version >= 2
 
 
-def _is_complete(root: Path) -> bool:
+def is_rendered(root: Path) -> bool:
+    """Whether ``root`` holds a complete rendered world (its ``world.json`` is written last, by the rename)."""
     return (root / "world.json").is_file()
 
 
@@ -589,7 +590,7 @@ def render_world(out_dir: str | Path, options: WorldOptions | None = None, *, pr
         workers = min(os.cpu_count() or 1, options.sequences) if big else 1
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if exist_ok and _is_complete(out):
+        if exist_ok and is_rendered(out):
             return _existing_summary(out, options)
         raise ValueError(f"{out} exists and is not empty; choose a new folder or delete it first")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -603,7 +604,7 @@ def render_world(out_dir: str | Path, options: WorldOptions | None = None, *, pr
         try:
             os.replace(tmp, out)
         except OSError:
-            if exist_ok and _is_complete(out):  # another process finished the same world first
+            if exist_ok and is_rendered(out):  # another process finished the same world first
                 shutil.rmtree(tmp, ignore_errors=True)
                 return _existing_summary(out, options)
             raise
@@ -649,7 +650,7 @@ def ensure_world(cfg: "Config", progress: bool = False) -> Path:
         ValueError: ``data.path`` names a non-empty folder that is not a synthetic world.
     """
     root = Path(cfg.data.path) if cfg.data.path else world_cache_path(cfg.data.synth_preset, cfg.data.synth_seed)
-    if _is_complete(root):
+    if is_rendered(root):
         if not cfg.data.path and not has_region_masks(root):
             _rerender_outdated(root, make_options(cfg.data.synth_preset, seed=cfg.data.synth_seed), progress)
         return root

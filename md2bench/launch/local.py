@@ -18,6 +18,8 @@ Order of work in ``run_grid``:
    ``md2bench.run_key`` in the grid's experiment), ``busy`` (a live claim on its key anywhere in the store: another
    orchestrator or trainer, from any folder or machine, trains it now), ``resume`` (``checkpoint.pt`` present) or
    ``train``. The trainer claims the key again, atomically, before its first step (exit 4 when it lost a race).
+   The synthetic worlds the runs to start need are rendered here, once each (``md2bench.launch.worlds``), so the
+   children do not each render the same world side by side.
 2. The MLflow experiment (named after the grid) and one parent run (tags ``md2bench.grid``,
    ``md2bench.kind=grid``, ``md2bench.commit``, owner and heartbeat tags refreshed while the grid runs) are
    created once, before any worker starts.
@@ -55,6 +57,7 @@ from md2bench.launch.estimate import estimate_line, fmt_duration
 from md2bench.launch.outcome import BLOCKED, BUSY, FAILED, FINISHED, KILLED, SKIPPED, GridResult, RunOutcome
 from md2bench.launch.plan import PlanItem, plan
 from md2bench.launch.slots import Slot, detect_slots
+from md2bench.launch.worlds import prepare_worlds
 from md2bench.tracking import END_INTERRUPTED, RUN_KEY_TAG, Heartbeat, MLflowTracker, git_commit, resolve_uri
 from md2bench.train.rundir import (CHECKPOINT_NAME, EXIT_BLOCKED, EXIT_BUSY, EXIT_FINISHED, EXIT_INTERRUPTED,
                                    STDOUT_NAME, is_done, read_progress)
@@ -139,6 +142,7 @@ def run_grid(
         out.write(f"marked KILLED: {claim.describe()} was left RUNNING by a process that is gone\n")
     items = plan(specs, tracker, grid.name)
     todo = [i for i in items if i.action in ("train", "resume")]
+    prepare_worlds([i.spec for i in todo], out, progress=sys.stderr.isatty())  # once here, not once per child
     slots = detect_slots(gpus, runs_per_gpu, cpu_jobs, [i.spec for i in todo], measure=bool(todo))
     tags = {"md2bench.grid": grid.name, "md2bench.kind": "grid", "md2bench.commit": git_commit(),
             "md2bench.backend": "local"}
