@@ -33,6 +33,13 @@ With ``--edges`` every scored pixel is also scored by where it lies: at a depth 
 where the coarsest map's bilinear upsampling clamps (``border_strip``: within 2^(S−1) pixels of the edge, S the
 checkpoint's own coarsest scale, so 4 at scale 3) or inside it (``border_inside``). With ``--depth-bands`` as well, each band is
 crossed with the four (``depth_0_10&depth_edge`` ...), to see where a band's error sits.
+
+With ``--motion`` every scored pixel is also scored by its true image motion (``motion_0_4``, ``motion_4_8``,
+``motion_8_16``, ``motion_16_up``: the largest distance, in pixels at network resolution, that the pixel's point
+moves into either temporal source under the exact depth and the exact poses), to see whether an error follows how
+far a pixel moves rather than how far it is: near pixels at the image's sides and bottom move most, near pixels
+close to the focus of expansion hardly move. With ``--depth-bands`` as well, each band is crossed with them
+(``depth_0_10&motion_8_16`` ...).
 """
 
 from __future__ import annotations
@@ -46,12 +53,12 @@ import torch
 import torch.nn.functional as F
 
 from md2bench import method
-from md2bench.geometry import disp_to_depth
+from md2bench.geometry import disp_to_depth, source_grids
 from md2bench.data.synth_scene import GROUND_Y
 from md2bench.data.synthetic import K_NORMALISED
 from md2bench.metrics import MAX_DEPTH, MIN_DEPTH, evaluate_image, protocol_for_split, valid_mask
 from md2bench.regions import REGION_NAMES
-from probe_setup import load_probe, probe_parser
+from probe_setup import exact_views, load_probe, probe_parser
 
 DEPTH_BANDS: tuple[tuple[float, float], ...] = ((0.0, 10.0), (10.0, 20.0), (20.0, 40.0), (40.0, MAX_DEPTH))
 """Metres, (lo, hi]: ``--depth-bands``; together they cover every scored pixel (GT in (MIN_DEPTH, MAX_DEPTH))."""
@@ -59,6 +66,10 @@ DEPTH_BANDS: tuple[tuple[float, float], ...] = ((0.0, 10.0), (10.0, 20.0), (20.0
 
 EDGE_RATIO = 1.25
 """``--edges``: a pixel whose 3×3 neighbourhood's GT depths span more than this ratio is on a depth edge."""
+
+MOTION_BANDS: tuple[tuple[float, float], ...] = ((0.0, 4.0), (4.0, 8.0), (8.0, 16.0), (16.0, math.inf))
+"""Pixels at network resolution, (lo, hi]: ``--motion``; at 192x64 on the validation frames the near pixels
+(0-10 m) move 2 / 8 / 23 px (10th / 50th / 90th percentile), the 40-80 m ones 0.1 / 0.6 / 1.5 px."""
 
 NO_GT_DEPTH = 1000.0
 """``--edges``: metres given to pixels without GT (the sky) when finding depth edges: far behind everything."""
@@ -123,6 +134,31 @@ def depth_edges(gt: np.ndarray, width: int, ratio: float = EDGE_RATIO) -> np.nda
     padded = F.pad(log_depth, (1, 1, 1, 1), mode="replicate")
     spread = F.max_pool2d(padded, 3, stride=1) + F.max_pool2d(-padded, 3, stride=1)
     return _dilate(spread[0, 0].numpy() > math.log(ratio), width)
+
+
+def image_motion(depth: torch.Tensor, T: torch.Tensor, K: torch.Tensor, inv_K: torch.Tensor) -> torch.Tensor:
+    """B×H×W: how many pixels each target pixel's point moves into the sources, the largest over the N sources.
+
+    ``depth`` B×1×H×W, ``T`` B×N×4×4 (target camera -> source n), ``K``/``inv_K`` B×4×4 of the H×W images: the
+    exact projection of :func:`md2bench.geometry.source_grids`, its normalised grid turned back into pixels."""
+    _, _, height, width = depth.shape
+    grid = source_grids(depth, T, K, inv_K).double()  # B×N×H×W×2, align_corners=True: -1 and 1 the border centres
+    u = (grid[..., 0] + 1) * (width - 1) / 2
+    v = (grid[..., 1] + 1) * (height - 1) / 2
+    rows, cols = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),
+                                indexing="ij")
+    return torch.sqrt((u - cols) ** 2 + (v - rows) ** 2).amax(dim=1)
+
+
+def motion_band_masks(motion: np.ndarray,
+                      bands: tuple[tuple[float, float], ...] = MOTION_BANDS) -> dict[str, np.ndarray]:
+    """The ``--motion`` masks of one H×W motion map: ``motion_<lo>_<hi>`` = motion in (lo, hi] pixels (``up``: no
+    upper end); a pixel that does not move is in the first band."""
+    out = {}
+    for i, (lo, hi) in enumerate(bands):
+        name = f"motion_{lo:g}_{'up' if math.isinf(hi) else f'{hi:g}'}"
+        out[name] = ((motion > lo) | (i == 0)) & (motion <= hi)
+    return out
 
 
 def border_strip(shape: tuple[int, int], coarsest: int) -> np.ndarray:
@@ -197,6 +233,9 @@ def main() -> None:
                              "coarsest map's upsampling clamps (crossed with the bands under --depth-bands)")
     parser.add_argument("--edge-width", type=int, default=2,
                         help="pixels (network resolution) around a depth edge that count as on it (--edges)")
+    parser.add_argument("--motion", action="store_true",
+                        help="also score every pixel by its true image motion into the sources (0-4, 4-8, 8-16, "
+                             ">16 px; crossed with the bands under --depth-bands)")
     args = parser.parse_args()
     trained, cfg, loader = load_probe(args)
     values: dict[tuple[str, int, str], list[Scored]] = {}
@@ -217,9 +256,13 @@ def main() -> None:
             for i in range(target.shape[0]):
                 parts[i].update(split_low_texture(low[i], road[i].numpy(), args.rim))
         bands = [depth_band_masks(g) if args.depth_bands else {} for g in gt]
+        if args.motion:
+            views = exact_views(batch, cfg)
+            motion = image_motion(views.exact, views.T, views.K, views.inv_K).numpy()
         for i in range(target.shape[0]):
             edges = edge_parts(gt[i], args.edge_width) if args.edges else {}
-            parts[i].update({**bands[i], **edges, **crossed(bands[i], edges)})
+            moving = motion_band_masks(motion[i]) if args.motion else {}
+            parts[i].update({**bands[i], **edges, **crossed(bands[i], edges), **moving, **crossed(bands[i], moving)})
         images_scored += target.shape[0]
         for label, (model_cfg, models) in trained.items():
             # the border strip is the checkpoint's own: where its coarsest map's upsampling clamps

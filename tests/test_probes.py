@@ -272,6 +272,39 @@ def test_depth_bands_partition_the_scored_pixels_by_gt_depth() -> None:
     assert scored["depth_40_80"].rmse == pytest.approx(np.sqrt(np.mean((0.1 * far) ** 2)))
 
 
+def test_image_motion_is_the_pixels_a_point_moves_into_its_farthest_source() -> None:
+    """A fronto-parallel plane at depth 4 (fx = 10 px, 9×13 image, principal point at the centre pixel): a source
+    1 unit to the side sees every point 10 × 1 / 4 = 2.5 px away; a source 2 units ahead (points at depth 2 there)
+    sees a pixel (du, dv) from the centre at 2 × (du, dv), so it moves by its own distance from the centre, and the
+    centre (the focus of expansion) does not move; the larger of the two per pixel counts."""
+    probe = _multiscale()
+    height, width = 9, 13
+    K = torch.eye(4, dtype=torch.float64)
+    K[0, 0] = K[1, 1] = 10.0
+    K[0, 2], K[1, 2] = (width - 1) / 2, (height - 1) / 2
+    depth = torch.full((1, 1, height, width), 4.0, dtype=torch.float64)
+    side, ahead = torch.eye(4, dtype=torch.float64), torch.eye(4, dtype=torch.float64)
+    side[0, 3] = -1.0  # the source camera 1 unit to the right: points move 2.5 px left
+    ahead[2, 3] = -2.0  # the source camera 2 units ahead
+    K_, inv_K = K[None], torch.linalg.inv(K)[None]
+    only_side = probe.image_motion(depth, side[None, None], K_, inv_K)
+    assert only_side.shape == (1, height, width)
+    assert torch.allclose(only_side, torch.full_like(only_side, 2.5), atol=1e-5)
+    only_ahead = probe.image_motion(depth, ahead[None, None], K_, inv_K)[0]
+    rows, cols = torch.meshgrid(torch.arange(height) - 4.0, torch.arange(width) - 6.0, indexing="ij")
+    assert torch.allclose(only_ahead, torch.sqrt(rows ** 2 + cols ** 2).double(), atol=1e-5)  # float32 pixel grid
+    assert only_ahead[4, 6] == pytest.approx(0.0, abs=1e-5)
+    both = probe.image_motion(depth, torch.stack([side, ahead])[None], K_, inv_K)[0]
+    assert torch.allclose(both, torch.maximum(only_side[0], only_ahead))
+    bands = probe.motion_band_masks(both.numpy())
+    assert list(bands) == ["motion_0_4", "motion_4_8", "motion_8_16", "motion_16_up"]
+    assert sum(m.astype(int) for m in bands.values()).tolist() == np.ones((height, width), dtype=int).tolist()
+    assert bands["motion_0_4"][4, 6] and bands["motion_0_4"][4, 10]  # 2.5 px; 4 px is (0, 4]
+    assert bands["motion_4_8"][4, 11] and bands["motion_4_8"][0, 0]  # 5 px; sqrt(16 + 36) = 7.2 px
+    assert not probe.motion_band_masks(np.array([[0.0, 16.0, 16.5]]))["motion_16_up"][0, :2].any()
+    assert probe.motion_band_masks(np.array([[0.0, 16.0, 16.5]]))["motion_0_4"][0, 0]
+
+
 def test_road_mask_finds_the_road_plane_from_exact_depth() -> None:
     """A 48×16 image at the world's intrinsics (f_y = 1.92·48, c_y = 24): below the horizon the road at the world's
     camera height (z = GROUND_Y·f_y / (i − c_y)), except a wall in columns 0-3 (at the depth where row 40 meets the
@@ -387,6 +420,12 @@ def test_multiscale_probe_runs_on_a_tiny_world(tiny_world_and_checkpoint: tuple[
         assert rows[(scale, "border_strip")] + rows[(scale, "border_inside")] == every
         for band in ("depth_0_10", "depth_10_20", "depth_20_40", "depth_40_80"):
             assert rows[(scale, f"{band}&depth_edge")] + rows[(scale, f"{band}&off_edge")] == rows[(scale, band)]
+    motion = _run_probe(MULTISCALE, world, checkpoint, "--depth-bands", "--motion")
+    rows = {(line["scale"], line["region"]): line["pixels"] for line in motion if "region" in line}
+    moving = ("motion_0_4", "motion_4_8", "motion_8_16", "motion_16_up")
+    for scale in range(4):
+        assert sum(rows[(scale, name)] for name in moving) == rows[(scale, "low_texture")] + rows[(scale, "textured")]
+        assert sum(rows[(scale, f"depth_0_10&{name}")] for name in moving) == rows[(scale, "depth_0_10")]
 
 
 def test_probe_frames_take_the_size_the_checkpoint_was_trained_at(tiny_world_and_checkpoint: tuple[Path, Path]) -> None:
