@@ -199,6 +199,10 @@ def test_files_figures_and_provenance(store: dict[str, Any]) -> None:
     runs = store["report"].runs
     commit = runs["commit"].iloc[0]
     assert "report-test" in readme and commit in readme and "cpu" in readme
+    # which bytes the runs trained on: every trained run of this store used the same synthetic world
+    fingerprints = set(runs.loc[runs["status"] == "FINISHED", "data_fingerprint"])
+    assert len(fingerprints) == 1 and len(next(iter(fingerprints))) == 16
+    assert f"{next(iter(fingerprints))} (4 runs)" in readme and "data content" in readme
     assert "![metrics](metrics.png)" in readme and "Moving objects vs static pixels" in readme
     # The tidy table holds every training run (4 finished + 1 failed), one row each.
     assert len(runs) == 5 and sorted(runs["status"].value_counts().items()) == [("FAILED", 1), ("FINISHED", 4)]

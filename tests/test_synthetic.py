@@ -6,7 +6,9 @@ temporary folder; a few tests render even smaller ones.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -317,6 +319,37 @@ def test_options_are_validated() -> None:
         synth.make_options("tiny", sequences=1)
     with pytest.raises(ValueError, match="frames must be >= 3"):
         synth.make_options("tiny", frames=2)
+
+
+def test_a_world_carries_the_fingerprint_of_its_bytes(world: Path, tmp_path: Path) -> None:
+    """The render writes fingerprint.json: the SHA-256 of the content files (recomputed here: sorted relative
+    paths, a NUL, the bytes) and what rendered them; world.json, the fingerprint file and the preview are not
+    content; a world without the file gets it on first use and keeps it; one flipped bit in one image changes the
+    content fingerprint."""
+    record = json.loads((world / synth.FINGERPRINT_NAME).read_text())
+    digest = hashlib.sha256()
+    content = sorted(p for p in world.rglob("*")
+                     if p.is_file() and p.relative_to(world).as_posix() not in ("world.json", "fingerprint.json",
+                                                                                 "preview.png"))
+    for path in content:
+        digest.update(path.relative_to(world).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    assert record["sha256"] == digest.hexdigest() and record["files"] == len(content) > 100
+    assert record["rendered_with"]["numpy"] == np.__version__ and record["rendered_with"]["machine"]
+    assert synth.world_fingerprint(world) == record["sha256"]
+    copy = tmp_path / "copy"
+    shutil.copytree(world, copy)
+    (copy / synth.FINGERPRINT_NAME).unlink()  # as a world rendered before fingerprints
+    (copy / "world.json").write_text((copy / "world.json").read_text() + " ")
+    (copy / "preview.png").write_bytes(b"not content")
+    assert synth.world_fingerprint(copy) == record["sha256"]
+    assert json.loads((copy / synth.FINGERPRINT_NAME).read_text())["sha256"] == record["sha256"]  # kept
+    image = sorted(copy.rglob("image_02/data/*.png"))[0]
+    data = bytearray(image.read_bytes())
+    data[len(data) // 2] ^= 1
+    image.write_bytes(bytes(data))
+    assert synth.content_fingerprint(copy)["sha256"] != record["sha256"]
+    assert synth.world_fingerprint(copy) == record["sha256"]  # read from the kept file, not recomputed
 
 
 def test_ensure_world_renders_into_the_cache_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

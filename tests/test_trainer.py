@@ -280,6 +280,10 @@ def test_short_training_learns_and_is_tracked(worlds: dict[str, Path], tmp_path:
     assert tags["md2bench.dataset"] == "synthetic" and tags["md2bench.eval.scaling"] == "median"
     assert {"md2bench.commit", "md2bench.device", "md2bench.split", "md2bench.test_split", "md2bench.eval.crop",
             "md2bench.torch"} <= set(tags)
+    # the bytes trained on: the synthetic world's content fingerprint (same options can render differently)
+    from md2bench.data.synthetic import content_fingerprint
+
+    assert tags["md2bench.data.fingerprint"] == str(content_fingerprint(worlds["tiny"])["sha256"])[:16]
     loss_steps = [m.step for m in client.get_metric_history(result.run_id, "train/loss")]
     assert loss_steps == list(range(5, 46, 5))  # every log_every = 5 steps
     for key in ("train/lr", "train/images_per_s", "train/loss/photometric/s0", "val/loss", "val/abs_rel"):

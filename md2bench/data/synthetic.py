@@ -49,9 +49,11 @@ cache on first use), ``render_frame`` (one frame in memory), ``render_benchmark`
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import multiprocessing
 import os
+import platform
 import shutil
 import struct
 import time
@@ -457,6 +459,9 @@ def _render_into(tmp: Path, options: WorldOptions, preview: bool, progress: bool
         (splits_dir / f"{name}_files.txt").write_text("".join(line + "\n" for line in lines))
     if preview:
         write_preview(tmp, options, tmp / "preview.png")
+    fingerprint = {**content_fingerprint(tmp), "computed": time.strftime("%Y-%m-%d %H:%M:%S"),
+                   "rendered_with": render_environment()}
+    (tmp / FINGERPRINT_NAME).write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
     files, size = _folder_size(tmp)
     cam = options.camera
     meta = {
@@ -618,6 +623,73 @@ def _existing_summary(root: Path, options: WorldOptions) -> WorldSummary:
     meta = json.loads((root / "world.json").read_text())
     s = meta.get("summary", {})
     return WorldSummary(root, options, int(s.get("frames", 0)), int(s.get("files", 0)), int(s.get("bytes", 0)), 0.0)
+
+
+FINGERPRINT_NAME = "fingerprint.json"
+"""Beside ``world.json``: the world's content fingerprint (``world_fingerprint``), written once."""
+
+_NOT_CONTENT = {"world.json", FINGERPRINT_NAME, "preview.png"}
+
+
+def content_fingerprint(root: str | Path) -> dict[str, object]:
+    """SHA-256 over a rendered world's content: every file but ``world.json``, ``fingerprint.json`` and
+    ``preview.png``, each as its path relative to ``root`` (POSIX), a NUL byte and its bytes, in sorted path order.
+
+    Two worlds with the same options can still differ where the renderer's floating point does (numpy's SIMD
+    code differs between CPUs); this tells them apart. Returns ``{"sha256": hex, "files": n, "bytes": total}``."""
+    root = Path(root)
+    digest, files, size = hashlib.sha256(), 0, 0
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel in _NOT_CONTENT:
+            continue
+        data = path.read_bytes()
+        digest.update(rel.encode() + b"\0")
+        digest.update(data)
+        files, size = files + 1, size + len(data)
+    return {"sha256": digest.hexdigest(), "files": files, "bytes": size}
+
+
+def render_environment() -> dict[str, object]:
+    """What the rendered bytes can depend on besides the options: numpy's version and the SIMD targets its
+    dispatch uses on this CPU, the CPU's model and architecture, Python's version."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+
+        simd = [name for name in __cpu_dispatch__ if __cpu_features__.get(name)]
+    except ImportError:  # a numpy without these private names
+        simd = []
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"numpy": np.__version__, "numpy_simd": simd, "cpu": cpu, "machine": platform.machine(),
+            "python": platform.python_version()}
+
+
+def world_fingerprint(root: str | Path) -> str:
+    """The hex SHA-256 of a rendered world's content (``content_fingerprint``), read from its
+    ``fingerprint.json``; computed and written there (atomically) the first time for worlds rendered before it
+    existed. Runs log its first 16 digits as the tag ``md2bench.data.fingerprint``."""
+    root = Path(root)
+    path = root / FINGERPRINT_NAME
+    try:
+        return str(json.loads(path.read_text())["sha256"])
+    except (OSError, ValueError, KeyError):
+        pass
+    record = content_fingerprint(root)
+    record["computed"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    tmp = root / f".{FINGERPRINT_NAME}.{os.getpid()}"
+    try:
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except OSError:  # a read-only world: the fingerprint is still right, only not kept
+        tmp.unlink(missing_ok=True)
+    return str(record["sha256"])
 
 
 def read_world(root: str | Path) -> dict[str, object]:

@@ -125,6 +125,7 @@ def load_runs(tracker: MLflowTracker, experiment: str, grid: Any = None) -> pd.D
             "duration_s": (end - start).total_seconds() if pd.notna(start) and pd.notna(end) else math.nan,
             "device": tags.get(TAG + "device", ""),
             "commit": tags.get(TAG + "commit", ""),
+            "data_fingerprint": tags.get(TAG + "data.fingerprint", ""),
             "run_key": tags.get(TAG + "run_key", ""),
             "dataset": tags.get(TAG + "dataset", params.get("data.dataset", "")),
             "split": tags.get(TAG + "split", params.get("data.split", "")),
@@ -206,6 +207,8 @@ def provenance(tracker: MLflowTracker, experiment: str, grid: Any, runs: pd.Data
         "commits": counts("commit"),
         "devices": counts("device"),
         "data": counts("dataset") + "; split: " + counts("split"),
+        "data content": counts("data_fingerprint") + " (a synthetic world's fingerprint, md2bench.data.fingerprint:"
+                        " runs on different bytes are not comparable seed by seed)",
         "runs": f"{len(selected)} finished runs used (newest per row and seed) of {len(runs)} training runs",
         "wall time": _wall_time(selected),
         "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC") + f" by md2bench {__version__}",

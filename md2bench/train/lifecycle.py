@@ -229,7 +229,8 @@ def flag_params(tags: Mapping[str, str]) -> dict[str, str]:
 
 
 def run_tags(cfg: Config, device: torch.device, extra: Mapping[str, Any] | None) -> dict[str, str]:
-    """The md2bench tags of a run on ``device`` (row, key, seed, commit, device, data, evaluation), then ``extra``."""
+    """The md2bench tags of a run on ``device`` (row, key, seed, commit, device, data and, for a synthetic world,
+    its content fingerprint, evaluation), then ``extra``."""
     from md2bench import tracking
     from md2bench.evaluate import scaling_for
     from md2bench.metrics import protocol_for_split
@@ -249,6 +250,11 @@ def run_tags(cfg: Config, device: torch.device, extra: Mapping[str, Any] | None)
         "md2bench.eval.scaling": "median" if median_scaling else f"stereo-{factor:g}",
         "md2bench.torch": torch.__version__,
     }
+    if cfg.data.dataset == "synthetic" and cfg.data.path:
+        from md2bench.data.synthetic import is_rendered, world_fingerprint
+
+        if is_rendered(Path(cfg.data.path)):  # the exact bytes trained on: same options can render differently
+            tags["md2bench.data.fingerprint"] = world_fingerprint(cfg.data.path)[:16]
     tags.update({k: str(v) for k, v in (extra or {}).items()})
     return tags
 
