@@ -296,10 +296,13 @@ def test_same_seed_gives_identical_bytes(tmp_path: Path) -> None:
     synth.render_world(tmp_path / "c", seed=8, **kwargs)
     files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
-    # frames × (6 + 2 cameras × 3 region masks), poses, calib, splits, json
-    assert files_a == files_b and len(files_a) == 2 * 3 * 12 + 2 + 1 + 3 + 1
+    # frames × (6 + 2 cameras × 3 region masks), poses, calib, splits, world.json, fingerprint.json
+    assert files_a == files_b and len(files_a) == 2 * 3 * 12 + 2 + 1 + 3 + 1 + 1
     for rel in files_a:
-        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+        if rel.name != synth.FINGERPRINT_NAME:  # it also says when it was computed
+            assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    fingerprints = [synth.world_fingerprint(tmp_path / w) for w in "abc"]
+    assert fingerprints[0] == fingerprints[1] != fingerprints[2]
     image = Path(synth.DATE) / synth.drive_name(0) / "image_02" / "data" / "0000000001.png"
     assert (tmp_path / "a" / image).read_bytes() != (tmp_path / "c" / image).read_bytes()  # another seed
 
