@@ -147,6 +147,11 @@ class LossConfig:
             smoothness weight stays about the same). Not in the paper's code; an option to tell the coarse
             scales' smoothness from their photometric terms (README, "Results"). No effect with
             ``multiscale = "single"``.
+        coarse_weight: weight w of every loss scale s > 0 (its photometric and smoothness terms) against scale
+            0's weight 1; the total is the weighted mean Σ_s w_s·term_s / Σ_s w_s. 1 (the reference): the plain mean
+            over scales; 0: the scale-0 term alone, the loss ``multiscale = "single"`` computes. Not in the paper's
+            code; an option to measure how the coarse terms' cost and gain grow with their weight (README,
+            "Results"). No effect with ``multiscale = "single"``.
         mask_out_of_view: off (the reference): a source whose sample falls outside its image still competes,
             with the clamped border pixel (``padding_mode="border"``), in the min/avg. On: it is left out of the
             min/avg at that pixel (a pixel no source sees keeps them all). Not in the paper's code; an option
@@ -165,6 +170,7 @@ class LossConfig:
     smoothness: float = 1e-3
     mask_out_of_view: bool = False
     smoothness_scales: str = "all"
+    coarse_weight: float = 1.0
 
     def __post_init__(self) -> None:
         _choice("loss", "reprojection", self.reprojection, ("min", "avg", "random"))
@@ -179,6 +185,8 @@ class LossConfig:
             raise ConfigError(f"loss.ssim_weight must be in [0, 1], got {self.ssim_weight}")
         if self.automask_warmup_steps < 0:
             raise ConfigError(f"loss.automask_warmup_steps must be >= 0, got {self.automask_warmup_steps}")
+        if not (math.isfinite(self.coarse_weight) and self.coarse_weight >= 0):
+            raise ConfigError(f"loss.coarse_weight must be >= 0 (1: the reference's mean over scales), got {self.coarse_weight}")
         if self.smoothness < 0 or self.automask_noise < 0 or self.predictive_mask_weight < 0:
             raise ConfigError("loss weights and loss.automask_noise must be >= 0")
 
@@ -327,7 +335,7 @@ NON_SEMANTIC = frozenset(
 # option is added; any other value is part of the key.
 KEY_DEFAULTS = {"train.cpu_amp": False, "model.pose_source": "net", "model.init_depth": 0.0, "model.init_from": "", "model.pose_translation_scale": 0.01,
                 "loss.automask_warmup_steps": 0, "loss.mask_out_of_view": False,
-                "loss.smoothness_scales": "all"}
+                "loss.smoothness_scales": "all", "loss.coarse_weight": 1.0}
 
 
 @dataclass(frozen=True)

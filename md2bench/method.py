@@ -271,7 +271,8 @@ def compute_loss(outputs: Outputs, inputs: Inputs, cfg: Config) -> tuple[Tensor,
     ``loss.mask_out_of_view``, over the sources whose sample stays inside the image) and the
     implicit auto-mask per :func:`md2bench.losses.reprojection_loss`; with a predictive mask, + weight·BCE;
     smoothness on the native-scale σ_s with the native-scale raw target, weight λ/2^s (``loss.smoothness_scales =
-    "finest"``: at scale 0 only, weight λ once averaged). The total is the mean over ``cfg.loss_scales``. Tie-break
+    "finest"``: at scale 0 only, weight λ once averaged). The total is the mean over ``cfg.loss_scales``, weighted
+    by ``loss.coarse_weight`` for every scale above 0 (1, the reference: the plain mean). Tie-break
     noise (and, for ``loss.reprojection = "random"``, each pixel's source) comes from the default generator of the
     device (seeded by the trainer).
 
@@ -345,6 +346,7 @@ def _compute_loss_fp32(
             raise ValueError("loss.predictive_mask is on but the outputs hold no mask: build the models with this cfg")
         masks = {s: outputs.mask[s].float() for s in scales}
     batch = raw[0].shape[0]
+    weights = {s: 1.0 if s == 0 else float(loss_cfg.coarse_weight) for s in scales}  # the total's weighted mean
     # One group per working resolution: all loss scales at scale 0 in full-res (and single) mode.
     groups = [(s, (s,)) for s in scales] if loss_cfg.multiscale == "per_scale" else [(0, scales)]
     terms: dict[int, Tensor] = {}
@@ -389,14 +391,17 @@ def _compute_loss_fp32(
             if loss_cfg.smoothness_scales == "all":
                 term = term + loss_cfg.smoothness * smooth / 2**s
             elif s == 0:  # "finest": weight λ once the terms are averaged over the scales, as a single-scale loss has it
-                term = term + loss_cfg.smoothness * smooth * len(scales)
+                term = term + loss_cfg.smoothness * smooth * sum(weights.values())
             terms[s] = term
             diagnostics[f"loss/photometric/s{s}"] = photometric.detach()
             diagnostics[f"loss/smoothness/s{s}"] = smooth.detach()
             diagnostics[f"loss/s{s}"] = term.detach()
             if "automask" in diag:
                 diagnostics[f"automask/s{s}"] = diag["automask"].mean()
-    total = torch.stack([terms[s] for s in scales]).sum() / len(scales)
+    if all(w == 1.0 for w in weights.values()):  # the reference: the plain mean over scales
+        total = torch.stack([terms[s] for s in scales]).sum() / len(scales)
+    else:
+        total = torch.stack([weights[s] * terms[s] for s in scales]).sum() / sum(weights.values())
     diagnostics["loss/total"] = total.detach()
     if "automask/s0" in diagnostics:
         diagnostics["automask"] = diagnostics["automask/s0"]

@@ -63,6 +63,8 @@ SWITCHES: tuple[Switch, ...] = (
            "no coarse-scale losses, not Monodepth v1's per-scale ones)"),
     Switch("smooth_finest", "smooth s0", "the smoothness term at scale 0 only, at the single-scale loss's weight; the "
            "coarse photometric terms stay (loss.smoothness_scales = \"finest\"; not in the paper's code)"),
+    Switch("coarse_light", "coarse ×w", "the coarse scales' loss terms weighted below scale 0's (loss.coarse_weight "
+           "< 1; the reference weighs every scale alike; not in the paper's code)"),
 )
 
 FLAG_KEYS: tuple[str, ...] = tuple(s.key for s in SWITCHES)

@@ -83,6 +83,7 @@ def test_unknown_key_names_the_nearest_valid_key() -> None:
         ({"loss.reprojection": "median"}, "'min', 'avg'"),
         ({"loss.multiscale": "v1"}, "'full_res', 'per_scale', 'single'"),
         ({"loss.smoothness_scales": "coarse"}, "'all', 'finest'"),
+        ({"loss.coarse_weight": -0.5}, "loss.coarse_weight must be >= 0"),
         ({"model.pose_net": "resnet"}, "'separate', 'shared', 'posecnn'"),
         ({"data.mode": "SM"}, "'M', 'S', 'MS'"),
         ({"data.height": 100}, "multiples of 32"),
@@ -177,3 +178,12 @@ def test_smoothness_scales_keeps_existing_run_keys_at_its_default() -> None:
     assert "loss.smoothness_scales" in KEY_DEFAULTS
     assert load_config("tiny", ["loss.smoothness_scales=all"]).run_key == plain.run_key
     assert load_config("tiny", ["loss.smoothness_scales=finest"]).run_key != plain.run_key
+
+
+def test_coarse_weight_keeps_existing_run_keys_at_its_default() -> None:
+    """``loss.coarse_weight`` was added after runs were keyed: 1 (as a float or an int) leaves every key as it was."""
+    plain = load_config("tiny")
+    assert "loss.coarse_weight" in KEY_DEFAULTS
+    assert load_config("tiny", ["loss.coarse_weight=1.0"]).run_key == plain.run_key
+    assert load_config("tiny", ["loss.coarse_weight=1"]).run_key == plain.run_key
+    assert load_config("tiny", ["loss.coarse_weight=0.25"]).run_key != plain.run_key
