@@ -388,6 +388,50 @@ def test_a_failing_row_fails_alone_beside_blocked_and_busy_rows(tmp_path: Path, 
 
 
 @pytest.mark.slow
+def test_an_unfinished_grid_rerun_with_other_rows_or_slots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grid whose parent run did not finish (here FAILED), run again: with the same rows and seeds but other
+    slots and retries it continues that parent (MLflow params are write-once: the new values go to a tag); with
+    other rows it starts a new parent and leaves the old one as it was. Before, both raised MlflowException
+    ("Changing param values is not allowed")."""
+    monkeypatch.chdir(tmp_path)
+    path = _grid_file(tmp_path, f"""
+        [set]
+        "train.max_steps" = 1
+        [[rows]]
+        name = "ok"
+        [[rows]]
+        name = "broken"
+        set = {{ "data.dataset" = "kitti", "data.split" = "eigen_zhou", "data.test_split" = "eigen", "data.path" = "{tmp_path / 'no_kitti'}" }}
+    """, name="again")
+    uri = _uri(tmp_path)
+    first = run_grid(load_grid(path), rows=["broken"], gpus="none", retries=0, tracking_uri=uri, stream=io.StringIO())
+    tracker = MLflowTracker(uri)
+    (parent,) = _parents(tracker, "again")
+    assert parent.info.status == "FAILED" and parent.data.params["grid.rows"] == "broken"
+
+    out = io.StringIO()
+    second = run_grid(load_grid(path), rows=["broken"], gpus="none", cpu_jobs=2, retries=1, tracking_uri=uri,
+                      stream=out)
+    assert second.parent_run_id == first.parent_run_id  # the same selection: its parent continued
+    assert "continuing the grid's unfinished MLflow parent run" in out.getvalue()
+    (parent,) = _parents(tracker, "again")
+    assert parent.data.params["grid.retries"] == "0" and parent.data.params["grid.slots"] == "cpu"
+    assert parent.data.tags["md2bench.grid.resumed_with"] == "grid.slots=cpu,cpu; grid.retries=1"
+
+    out = io.StringIO()
+    third = run_grid(load_grid(path), gpus="none", retries=0, tracking_uri=uri, stream=out)
+    assert third.parent_run_id != first.parent_run_id
+    assert f"unfinished MLflow parent run {first.parent_run_id} holds another selection" in out.getvalue()
+    states = {o.spec.row: o.state for o in third.outcomes}
+    assert states == {"ok": FINISHED, "broken": FAILED}
+    parents = {p.info.run_id: p for p in _parents(tracker, "again")}
+    assert len(parents) == 2 and parents[first.parent_run_id].data.params["grid.rows"] == "broken"
+    assert parents[third.parent_run_id].data.params["grid.rows"] == "broken,ok"
+    (ok,) = [r for r in _child_runs(tracker, "again") if r.data.tags.get("md2bench.row") == "ok"]
+    assert ok.data.tags["mlflow.parentRunId"] == third.parent_run_id
+
+
+@pytest.mark.slow
 def test_slurm_backend_through_submitits_local_executor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("submitit")
     from md2bench.launch.slurm import run_grid_slurm

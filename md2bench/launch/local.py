@@ -22,7 +22,10 @@ Order of work in ``run_grid``:
    children do not each render the same world side by side.
 2. The MLflow experiment (named after the grid) and one parent run (tags ``md2bench.grid``,
    ``md2bench.kind=grid``, ``md2bench.commit``, owner and heartbeat tags refreshed while the grid runs) are
-   created once, before any worker starts.
+   created once, before any worker starts. An interrupted grid's parent is continued when it holds the same
+   selection of rows and seeds (params ``grid.rows``, ``grid.seeds``, ``grid.runs``); another selection gets a
+   new parent. Params are write-once: a continued parent keeps its first values, and what this invocation
+   changed (``grid.slots``, ``grid.retries``, ``grid.path``) goes to the tag ``md2bench.grid.resumed_with``.
 3. Slots (``detect_slots``): K runs per GPU, each child pinned with ``CUDA_VISIBLE_DEVICES``; on a machine
    without GPUs, ``cpu_jobs`` CPU runs (``train.device = cpu``).
 4. The scheduler loop starts children on free slots, shows a live table (redrawn in place on a TTY, plain lines
@@ -156,13 +159,17 @@ def run_grid(
         newest = max(parents, key=lambda r: r.info.start_time or 0).info.run_id if parents else None
         out.write(f"grid {grid.name}: all {len(items)} runs finished; nothing to train (no new MLflow parent run)\n")
         return GridResult(grid.name, newest, outcomes)
+    selection = _selection_params(grid, specs, seeds)
     with tracker.store_lock():  # two orchestrators starting at once must not both continue the same parent
-        previous = _unfinished_parent(tracker, grid.name)
+        previous, other = _unfinished_parent(tracker, grid.name, selection)
         if previous is not None:  # an interrupted grid: continue its parent run (its resumed children are in it)
             parent = tracker.resume_run(previous)
             parent.set_tags(tags)
             out.write(f"continuing the grid's unfinished MLflow parent run {previous}\n")
         else:
+            if other is not None:
+                out.write(f"the grid's unfinished MLflow parent run {other} holds another selection of runs; "
+                          f"this one gets a new parent run (that one stays as it is)\n")
             parent = tracker.start_run(experiment=grid.name,
                                        run_name=f"{grid.name} {time.strftime('%Y-%m-%d %H:%M:%S')}", tags=tags)
         parent.claim_tags()
@@ -179,16 +186,44 @@ def run_grid(
         heartbeat.stop()
 
 
-def _unfinished_parent(tracker: MLflowTracker, grid_name: str) -> str | None:
-    """The newest local parent run of the grid when it did not finish (KILLED by Ctrl-C, FAILED, or RUNNING
-    with its orchestrator gone: ``reap_stale_runs`` has marked those KILLED); None otherwise (a finished grid, or
-    one whose parent is still RUNNING under a live orchestrator)."""
+def _selection_params(grid: Grid, specs: Sequence[RunSpec], seeds: int | None) -> dict[str, str]:
+    """The parent run's params that say which runs it holds (the rows, seeds and count selected), as logged."""
+    return {"grid.seeds": ",".join(str(s) for s in grid.seeds_for(seeds)),
+            "grid.rows": ",".join(sorted({s.row for s in specs})),
+            "grid.runs": str(len(specs))}
+
+
+def _unfinished_parent(
+    tracker: MLflowTracker, grid_name: str, selection: Mapping[str, str]
+) -> tuple[str | None, str | None]:
+    """``(to continue, passed over)``: the newest local parent run of the grid when it did not finish (KILLED by
+    Ctrl-C, FAILED, or RUNNING with its orchestrator gone: ``reap_stale_runs`` has marked those KILLED) and held
+    the same ``selection`` of runs; an unfinished parent of another selection (``--row``, ``--seeds``) is passed
+    over — its params cannot change (MLflow params are write-once) and its children stay under it — and named
+    second. ``(None, None)`` for a finished grid, or one whose parent is still RUNNING under a live orchestrator."""
     parents = tracker.find_runs(grid_name, tags={"md2bench.kind": "grid"})
     parents = [p for p in parents if p.data.tags.get("md2bench.backend", "local") == "local"]
     if not parents:
-        return None
+        return None, None
     newest = max(parents, key=lambda r: r.info.start_time or 0)
-    return newest.info.run_id if newest.info.status in ("KILLED", "FAILED") else None
+    if newest.info.status not in ("KILLED", "FAILED"):
+        return None, None
+    logged = newest.data.params
+    if any(key in logged and logged[key] != value for key, value in selection.items()):
+        return None, newest.info.run_id
+    return newest.info.run_id, None
+
+
+def _log_parent_params(parent: Any, params: Mapping[str, Any]) -> None:
+    """Log the grid's params on its parent run. A continued parent keeps the values it was first given (MLflow
+    params are write-once); those this invocation changed (``--cpu-jobs``, ``--retries``, the grid file's path)
+    go to the tag ``md2bench.grid.resumed_with`` as ``key=value; ...``, the latest invocation's."""
+    logged = parent.client.get_run(parent.run_id).data.params
+    values = {key: str(value)[:6000] for key, value in params.items()}
+    parent.log_params({key: value for key, value in values.items() if key not in logged})
+    changed = [f"{key}={value}" for key, value in values.items() if key in logged and logged[key] != value]
+    if changed:
+        parent.set_tags({"md2bench.grid.resumed_with": "; ".join(changed)})
 
 
 def _run_parent(
@@ -209,15 +244,14 @@ def _run_parent(
     on_start: Callable[[RunSpec, subprocess.Popen], None] | None,
 ) -> GridResult:
     """The body of ``run_grid`` under its parent run: schedule, reap, display, end the parent."""
-    parent.log_params(
+    _log_parent_params(
+        parent,
         {
             "grid.path": str(grid.path or ""),
-            "grid.seeds": ",".join(str(s) for s in grid.seeds_for(seeds)),
-            "grid.rows": ",".join(sorted({s.row for s in specs})),
-            "grid.runs": len(specs),
+            **_selection_params(grid, specs, seeds),
             "grid.slots": ",".join(s.label for s in slots),
             "grid.retries": retries,
-        }
+        },
     )
 
     display = Display(out, live)
