@@ -523,3 +523,77 @@ def test_automask_probe_runs_on_a_tiny_world(tiny_world_and_checkpoint: tuple[Pa
 
 AUTOMASK_REGIONS = ("all", "not occluded, textured", "not occluded, low texture", "occluded, out of view",
                     "occluded, hidden", "comoving")
+
+
+PULL = Path(__file__).resolve().parents[1] / "experiments" / "pull_probe.py"
+
+
+def test_pull_term_weights_follow_the_losss_weighted_mean() -> None:
+    from md2bench.config import Config
+
+    probe = _load(PULL)
+    assert probe.term_weights(Config()) == (0.25, 0.75)  # the reference: the plain mean over 4 scales
+    share0, coarse = probe.term_weights(Config().override({"loss.coarse_weight": 0.25}))
+    assert share0 == pytest.approx(1 / 1.75) and coarse == pytest.approx(0.75 / 1.75)
+    assert probe.term_weights(Config().override({"loss.multiscale": "single"})) == (1.0, 0.0)
+
+
+def test_pull_adam_step_is_lr_times_gradient_over_the_bias_corrected_second_moment() -> None:
+    probe = _load(PULL)
+    params = [torch.zeros(2), torch.zeros(1)]
+    state = {"param_groups": [{"lr": 0.1, "betas": (0.9, 0.99), "eps": 1e-8, "params": [7, 8]}],
+             "state": {7: {"step": torch.tensor(2.0), "exp_avg_sq": torch.tensor([0.0199, 0.0796])}}}
+    (first, second) = probe.adam_step([torch.tensor([1.0, -3.0]), torch.tensor([5.0])], state, params)
+    # v̂ = v / (1 − 0.99²) = v / 0.0199 = (1, 4): steps −0.1·g/(√v̂ + ε)
+    assert first.tolist() == pytest.approx([-0.1, 0.15], rel=1e-6)
+    assert second.tolist() == [0.0]  # no optimiser state: the optimiser never moved it
+    with pytest.raises(SystemExit, match="not this checkpoint's optimiser"):
+        probe.adam_step([torch.ones(2)], state, [torch.zeros(2)])
+
+
+def test_pull_log_depth_is_median_scaled_per_image() -> None:
+    probe = _load(PULL)
+    depth = torch.tensor([[[1.0, 2.0, 4.0]], [[3.0, 3.0, 30.0]]], dtype=torch.float64)  # 2 images of 1×3
+    keep = np.array([[[True, True, True]], [[True, True, False]]])
+    out = probe.median_scaled_log_depth(depth, keep)
+    assert out[0, 0].tolist() == pytest.approx([math.log(0.5), 0.0, math.log(2.0)])
+    assert out[1, 0].tolist() == pytest.approx([0.0, 0.0, math.log(10.0)])  # the median over the kept pixels only
+    scaled = probe.median_scaled_log_depth(depth * 7.0, keep)  # a global scale is what median scaling removes
+    assert np.allclose(scaled, out)
+
+
+def test_pull_probe_runs_on_a_tiny_world(tiny_world_and_checkpoint: tuple[Path, Path], tmp_path: Path) -> None:
+    """As a user runs it: one batch of the tiny world's validation frames; the scale-0 and coarse pulls add up to
+    the total's (a finite difference of one linear step); a single-scale model has no coarse pull; a checkpoint
+    without optimiser state is refused."""
+    from md2bench.checkpoint import load_checkpoint, save_checkpoint
+    from md2bench.config import Config
+    from md2bench.models import build_models
+    from md2bench.train.device import make_optimizer
+
+    world, untrained = tiny_world_and_checkpoint
+    state = load_checkpoint(untrained)
+    paths = {}
+    for name, overrides in (("full", {}), ("single", {"loss.multiscale": "single"})):
+        cfg = Config.from_dict(state["config"]).override(overrides)
+        models = build_models(cfg)
+        models.load_state_dict(state["models"])
+        optimizer = make_optimizer(models, cfg)
+        generator = torch.Generator().manual_seed(1)
+        for param in models.parameters():  # one step on random gradients: a second-moment state to read
+            param.grad = torch.randn(param.shape, generator=generator)
+        optimizer.step()
+        paths[name] = tmp_path / f"{name}.pt"
+        save_checkpoint(paths[name], {"models": models.state_dict(), "config": cfg.to_dict(), "step": 1,
+                                      "optimizer": optimizer.state_dict()})
+    proc = _probe_proc(PULL, world, ["data.height=64", "data.width=160"], f"full={paths['full']}",
+                       f"single={paths['single']}", options=("--frames", "val"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = {(line["checkpoint"], line["band"]): line for line in _lines(proc)}
+    assert {band for _, band in lines} >= {"all", "depth_0_10"}
+    full, single = lines[("full", "all")], lines[("single", "all")]
+    assert full["pixels"] > 0 and full["scale0"] != 0 and full["coarse"] != 0
+    assert full["scale0"] + full["coarse"] == pytest.approx(full["total"], rel=0.02, abs=0.01)
+    assert single["coarse"] == 0 and single["scale0"] == single["total"]
+    refused = _probe_proc(PULL, world, ["data.height=64", "data.width=160"], f"untrained={untrained}")
+    assert refused.returncode != 0 and "no optimiser state" in refused.stderr
