@@ -347,10 +347,9 @@ def test_ctrl_c_stops_the_run_and_the_next_invocation_resumes_it(tmp_path: Path,
     assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
 
 
-@pytest.mark.slow
-def test_a_failing_row_fails_alone_beside_blocked_and_busy_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    path = _grid_file(tmp_path, f"""
+def _ok_and_broken_rows(tmp_path: Path) -> str:
+    """Grid-file rows (1 step each): ``ok`` trains on the tiny world, ``broken`` fails at once (no KITTI data)."""
+    return f"""
         [set]
         "train.max_steps" = 1
         [[rows]]
@@ -358,6 +357,13 @@ def test_a_failing_row_fails_alone_beside_blocked_and_busy_rows(tmp_path: Path, 
         [[rows]]
         name = "broken"
         set = {{ "data.dataset" = "kitti", "data.split" = "eigen_zhou", "data.test_split" = "eigen", "data.path" = "{tmp_path / 'no_kitti'}" }}
+    """
+
+
+@pytest.mark.slow
+def test_a_failing_row_fails_alone_beside_blocked_and_busy_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = _grid_file(tmp_path, _ok_and_broken_rows(tmp_path) + f"""
         [[rows]]
         name = "needs_imagenet"
         set = {{ "model.pretrained" = "imagenet", "model.weights_path" = "{tmp_path / 'missing' / 'resnet18.pth'}" }}
@@ -394,15 +400,7 @@ def test_an_unfinished_grid_rerun_with_other_rows_or_slots(tmp_path: Path, monke
     other rows it starts a new parent and leaves the old one as it was. Before, both raised MlflowException
     ("Changing param values is not allowed")."""
     monkeypatch.chdir(tmp_path)
-    path = _grid_file(tmp_path, f"""
-        [set]
-        "train.max_steps" = 1
-        [[rows]]
-        name = "ok"
-        [[rows]]
-        name = "broken"
-        set = {{ "data.dataset" = "kitti", "data.split" = "eigen_zhou", "data.test_split" = "eigen", "data.path" = "{tmp_path / 'no_kitti'}" }}
-    """, name="again")
+    path = _grid_file(tmp_path, _ok_and_broken_rows(tmp_path), name="again")
     uri = _uri(tmp_path)
     first = run_grid(load_grid(path), rows=["broken"], gpus="none", retries=0, tracking_uri=uri, stream=io.StringIO())
     tracker = MLflowTracker(uri)
