@@ -361,6 +361,10 @@ class TrackedRun:
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
 
+    def logged_params(self) -> dict[str, str]:
+        """The params this run holds now (as strings; MLflow params are write-once)."""
+        return dict(self.client.get_run(self.run_id).data.params)
+
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Log scalar metrics at ``step``; non-finite values are skipped (MLflow rejects NaN in some stores)."""
         import time

@@ -218,7 +218,7 @@ def _log_parent_params(parent: Any, params: Mapping[str, Any]) -> None:
     """Log the grid's params on its parent run. A continued parent keeps the values it was first given (MLflow
     params are write-once); those this invocation changed (``--cpu-jobs``, ``--retries``, the grid file's path)
     go to the tag ``md2bench.grid.resumed_with`` as ``key=value; ...``, the latest invocation's."""
-    logged = parent.client.get_run(parent.run_id).data.params
+    logged = parent.logged_params()
     values = {key: str(value)[:6000] for key, value in params.items()}
     parent.log_params({key: value for key, value in values.items() if key not in logged})
     changed = [f"{key}={value}" for key, value in values.items() if key in logged and logged[key] != value]
