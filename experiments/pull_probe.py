@@ -50,9 +50,8 @@ FRACTION = 0.01  # the finite difference's share of one step
 
 def term_weights(cfg: Config) -> tuple[float, float]:
     """``(scale 0's share, the coarse terms' share)`` of the loss's weighted mean over ``cfg.loss_scales``."""
-    scales = cfg.loss_scales
-    weights = [1.0 if s == 0 else float(cfg.loss.coarse_weight) for s in scales]
-    return 1.0 / sum(weights), (sum(weights) - 1.0) / sum(weights)
+    total = sum(method.loss_scale_weights(cfg).values())
+    return 1.0 / total, (total - 1.0) / total
 
 
 def adam_step(grads: list[torch.Tensor], optimizer_state: dict[str, Any], params: list[torch.Tensor]) -> list[torch.Tensor]:

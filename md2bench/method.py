@@ -39,6 +39,7 @@ __all__ = [
     "prepare_inputs",
     "forward",
     "compute_loss",
+    "loss_scale_weights",
     "training_loss",
     "predict_disparity",
 ]
@@ -294,6 +295,11 @@ def compute_loss(outputs: Outputs, inputs: Inputs, cfg: Config) -> tuple[Tensor,
         return loss_fn(outputs, inputs, cfg, noise, draws)
 
 
+def loss_scale_weights(cfg: Config) -> dict[int, float]:
+    """Each loss scale's weight in the total's weighted mean: 1 for scale 0, ``loss.coarse_weight`` above it."""
+    return {s: 1.0 if s == 0 else float(cfg.loss.coarse_weight) for s in cfg.loss_scales}
+
+
 def _draw_tiebreak_noise(inputs: Inputs, cfg: Config) -> list[Tensor]:
     """The auto-masking tie-break noise of every loss scale, drawn in the order the loss uses it.
 
@@ -346,7 +352,7 @@ def _compute_loss_fp32(
             raise ValueError("loss.predictive_mask is on but the outputs hold no mask: build the models with this cfg")
         masks = {s: outputs.mask[s].float() for s in scales}
     batch = raw[0].shape[0]
-    weights = {s: 1.0 if s == 0 else float(loss_cfg.coarse_weight) for s in scales}  # the total's weighted mean
+    weights = loss_scale_weights(cfg)  # the total's weighted mean
     # One group per working resolution: all loss scales at scale 0 in full-res (and single) mode.
     groups = [(s, (s,)) for s in scales] if loss_cfg.multiscale == "per_scale" else [(0, scales)]
     terms: dict[int, Tensor] = {}
